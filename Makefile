@@ -1,0 +1,42 @@
+# hf_critical developer tasks. `make demo` / `make test` create .venv from the lock if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+RUFF := $(VENV)/bin/ruff
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+LINT_PATHS := hf_critical recipes benchmarks tests
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo clean distclean
+
+install: $(STAMP)
+
+# Create the venv only if it is missing; never upgrade pip or anything else.
+# Re-runs when the pinned lock or the package metadata change.
+# hf_critical/__init__.py is listed so the editable install is redone once the package exists
+# (setuptools maps only the packages found at install time).
+$(STAMP): requirements/lock.txt setup.cfg pyproject.toml $(wildcard hf_critical/__init__.py)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements/lock.txt
+	$(PIP) install --no-deps -e .
+	touch $@
+
+lint: $(STAMP)
+	$(RUFF) check $(LINT_PATHS)
+
+test: $(STAMP)
+	$(RUFF) check $(LINT_PATHS)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(OFFLINE) $(PY) recipes/demo_digits.py --output_dir outputs/demo
+
+clean:
+	rm -rf outputs build dist .pytest_cache .ruff_cache emissions.csv
+	rm -rf *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

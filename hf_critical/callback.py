@@ -1,0 +1,315 @@
+"""`DynamicsCallback`: measures the training-dynamics metrics inside a `transformers.Trainer` loop.
+
+Logged keys (global values; per-layer values go to ``output_dir/dynamics.jsonl``):
+
+==========================================  ==============================================================
+Key                                         Meaning
+==========================================  ==============================================================
+``dynamics/gradient_confusion``             mean pairwise cosine between micro-batch gradients at one step
+``dynamics/gradient_confusion_min``         minimum pairwise cosine (equals the mean with two micro-batches)
+``dynamics/gradient_predictability``        cosine between the gradients of consecutive optimizer steps
+``dynamics/layer_rotation``                 mean over layers of ``1 - cos(theta_0, theta_t)``
+``dynamics/layer_rotation_weighted``        the same, weighted by each layer's parameter count
+==========================================  ==============================================================
+
+A key is left out of a log entry when its value could not be computed (e.g. every layer's gradient
+was non-finite on an AMP overflow step); the reason is counted in the jsonl record. No NaN is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .arguments import DEFAULT_EVERY_N_STEPS, METRIC_NAMES, normalize_metric_names, validate_every_n_steps
+from .layers import LayerSelection, select_parameters, validate_layer_selection
+from .metrics import MetricResult, gradient_predictability, layer_rotation
+
+__all__ = ["DynamicsCallback", "DYNAMICS_FILE", "INITIAL_WEIGHTS_FILE", "GRAD_SNAPSHOT_FILE", "STATE_KEY"]
+
+logger = logging.getLogger(__name__)
+
+DYNAMICS_FILE = "dynamics.jsonl"
+INITIAL_WEIGHTS_FILE = "critical_period_initial_weights.safetensors"
+GRAD_SNAPSHOT_FILE = "critical_period_grad_snapshot.safetensors"
+#: Key of this callback's state in `TrainerState.stateful_callbacks` (saved inside trainer_state.json).
+STATE_KEY = "hf_critical.DynamicsCallback"
+
+_LOG_KEYS = {
+    "gradient_confusion": (("value", "dynamics/gradient_confusion"), ("min", "dynamics/gradient_confusion_min")),
+    "gradient_predictability": (("value", "dynamics/gradient_predictability"),),
+    "layer_rotation": (("value", "dynamics/layer_rotation"), ("weighted_mean", "dynamics/layer_rotation_weighted")),
+}
+
+
+class DynamicsCallback(TrainerCallback):
+    """Computes gradient confusion, gradient predictability and layer rotation during training.
+
+    With a plain `transformers.Trainer` this callback measures gradient predictability and layer
+    rotation; gradient confusion needs the gradients of two distinct mini-batches at the same
+    parameters, which only `CriticalPeriodTrainer` can take without an extra pass (it is skipped,
+    with a warning, under a plain Trainer). Use :meth:`attach` so the values also reach
+    ``report_to`` integrations; otherwise they go to ``state.log_history`` and ``dynamics.jsonl``.
+
+    Args:
+        metrics: Names from :data:`hf_critical.arguments.METRIC_NAMES`, ``"all"`` or ``"none"``.
+        every_n_steps: Measure at optimizer steps ``every_n_steps, 2*every_n_steps, ...``.
+        layers: ``"weights"``, ``"all"`` or a regular expression over parameter names.
+    """
+
+    def __init__(
+        self,
+        metrics: str | Iterable[str] = METRIC_NAMES,
+        every_n_steps: int = DEFAULT_EVERY_N_STEPS,
+        layers: str = "weights",
+    ):
+        self.metrics = normalize_metric_names(metrics, "metrics")
+        self.every_n_steps = validate_every_n_steps(every_n_steps, "every_n_steps")
+        validate_layer_selection(layers, "layers")
+        self.layers = layers
+        #: One compact entry per measurement: step, epoch and the global values.
+        self.history: list[dict[str, Any]] = []
+        #: Called with the values to log at a measured step (``Trainer.log`` when attached).
+        self.log_fn: Callable[[dict[str, float]], None] | None = None
+        #: Set by `CriticalPeriodTrainer`, which feeds gradient confusion through :meth:`record_confusion`.
+        self.confusion_provider = False
+        #: Checkpoint folder the current run resumed from (set by `CriticalPeriodTrainer.train`).
+        self.resume_checkpoint: str | None = None
+        #: Extra fields written into every jsonl record (e.g. the number of augmented copies).
+        self.record_fields: dict[str, Any] = {}
+        self.selection: LayerSelection | None = None
+        self._initial: dict[str, torch.Tensor] | None = None
+        self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
+        self._pending: dict[str, MetricResult | None] = {}
+        self._confusion: tuple[int, MetricResult] | None = None
+        self._warned_confusion = False
+
+    @classmethod
+    def from_args(cls, args: Any) -> DynamicsCallback:
+        """Build from `CriticalPeriodArguments` (plain `TrainingArguments` give the defaults)."""
+        return cls(
+            metrics=getattr(args, "dynamics_metrics", METRIC_NAMES),
+            every_n_steps=getattr(args, "dynamics_every_n_steps", DEFAULT_EVERY_N_STEPS),
+            layers=getattr(args, "dynamics_layers", "weights"),
+        )
+
+    def attach(self, trainer: Any) -> DynamicsCallback:
+        """Add this callback to ``trainer`` and log through ``trainer.log`` (so ``report_to`` sees the values)."""
+        trainer.add_callback(self)
+        self.log_fn = trainer.log
+        return self
+
+    # ---- schedule -------------------------------------------------------------------------------
+
+    def is_measured_step(self, step: int) -> bool:
+        return bool(self.metrics) and step > 0 and step % self.every_n_steps == 0
+
+    def wants_confusion(self, step: int) -> bool:
+        return "gradient_confusion" in self.metrics and self.is_measured_step(step)
+
+    def record_confusion(self, step: int, result: MetricResult) -> None:
+        """Hand over the gradient confusion measured during the micro-batches of ``step``."""
+        self._confusion = (step, result)
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ValueError("DynamicsCallback needs the model in on_train_begin; is it registered with a Trainer?")
+        self.selection = select_parameters(model, self.layers)
+        self._pending = {}
+        self._confusion = None
+        self._snapshot = None
+        resumed = state.global_step > 0
+        if "gradient_confusion" in self.metrics and not self.confusion_provider and not self._warned_confusion:
+            logger.warning(
+                "gradient_confusion needs CriticalPeriodTrainer (it splits the measured step's batch); "
+                "with this Trainer it is skipped."
+            )
+            self._warned_confusion = True
+        if resumed:
+            self._restore(args, state)
+        else:
+            self.history = []
+        if "layer_rotation" in self.metrics:
+            self._initial = self._load_initial(args) if resumed else self._take_initial(args, state)
+        if state.is_world_process_zero:
+            self._prepare_jsonl(args, state.global_step if resumed else 0)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if "gradient_predictability" not in self.metrics or self.selection is None:
+            return
+        step = state.global_step + 1
+        grads = [p.grad for p in self.selection.parameters.values()]
+        if self.is_measured_step(step):
+            if self._snapshot is not None and self._snapshot[0] == step - 1:
+                names = self.selection.names
+                self._pending["gradient_predictability"] = gradient_predictability(
+                    dict(zip(names, self._snapshot[1])), dict(zip(names, grads))
+                )
+            else:
+                self._pending["gradient_predictability"] = None
+            self._snapshot = None
+        if self.is_measured_step(step + 1):
+            # Cloned: an optimizer may modify gradients in place, and zero_grad releases them.
+            self._snapshot = (step, [None if g is None else g.detach().clone() for g in grads])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if self.is_measured_step(step) and self.selection is not None:
+            self._finish_measurement(args, state, step)
+        if control.should_save:
+            state.stateful_callbacks[STATE_KEY] = self.state()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            state.stateful_callbacks[STATE_KEY] = self.state()
+
+    def on_save(self, args, state, control, **kwargs):
+        # A gradient snapshot held across a checkpoint is needed by the next step's predictability.
+        if self._snapshot is None or not state.is_world_process_zero or self.selection is None:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            return
+        tensors = {
+            name: g.detach().to("cpu").contiguous()
+            for name, g in zip(self.selection.names, self._snapshot[1])
+            if g is not None
+        }
+        _save_safetensors(tensors, os.path.join(folder, GRAD_SNAPSHOT_FILE), {"step": str(self._snapshot[0])})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._snapshot = None
+        self._initial = None
+
+    # ---- measurement ----------------------------------------------------------------------------
+
+    def _finish_measurement(self, args, state, step: int) -> None:
+        results: dict[str, MetricResult | None] = {}
+        if "gradient_confusion" in self.metrics:
+            confusion = self._confusion
+            results["gradient_confusion"] = confusion[1] if confusion is not None and confusion[0] == step else None
+            self._confusion = None
+        if "gradient_predictability" in self.metrics:
+            results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
+        if "layer_rotation" in self.metrics and self._initial is not None:
+            current = {name: p.detach() for name, p in self.selection.parameters.items()}
+            results["layer_rotation"] = layer_rotation(self._initial, current)
+        record: dict[str, Any] = {"step": step, "epoch": state.epoch, **self.record_fields}
+        record["frozen_parameters"] = len(self.selection.frozen)
+        values: dict[str, float] = {}
+        for name, result in results.items():
+            if result is None:
+                record[name] = {"value": None, "unavailable": True}
+                continue
+            record[name] = result.to_dict()
+            for field_name, key in _LOG_KEYS[name]:
+                value = result.value if field_name == "value" else result.extra.get(field_name)
+                if value is not None and math.isfinite(value):
+                    values[key] = float(value)
+        self.history.append({"step": step, "epoch": state.epoch, **values})
+        if state.is_world_process_zero:
+            self._append_jsonl(args, record)
+        if values:
+            if self.log_fn is not None:
+                self.log_fn(dict(values))
+            else:
+                state.log_history.append({**values, "epoch": state.epoch, "step": step})
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state, saved in checkpoints under ``TrainerState.stateful_callbacks[STATE_KEY]``."""
+        return {
+            "args": {"metrics": list(self.metrics), "every_n_steps": self.every_n_steps, "layers": self.layers},
+            "attributes": {"history": list(self.history)},
+        }
+
+    def _restore(self, args, state) -> None:
+        saved = state.stateful_callbacks.get(STATE_KEY) if state.stateful_callbacks else None
+        if saved is None:
+            logger.warning(
+                "Resuming at step %d from a checkpoint without hf_critical state; the metric history restarts here.",
+                state.global_step,
+            )
+            self.history = []
+        else:
+            self.history = [h for h in saved["attributes"]["history"] if h["step"] <= state.global_step]
+        folder = self.resume_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        snapshot_path = os.path.join(folder, GRAD_SNAPSHOT_FILE)
+        if "gradient_predictability" in self.metrics and os.path.isfile(snapshot_path):
+            from safetensors import safe_open
+
+            with safe_open(snapshot_path, framework="pt") as f:
+                step = int(f.metadata().get("step", "-1"))
+                stored = {k: f.get_tensor(k) for k in f.keys()}
+            params = self.selection.parameters
+            self._snapshot = (
+                step,
+                [stored[n].to(p.device) if n in stored else None for n, p in params.items()],
+            )
+
+    def _take_initial(self, args, state) -> dict[str, torch.Tensor]:
+        initial = {name: p.detach().clone() for name, p in self.selection.parameters.items()}
+        if state.is_world_process_zero:
+            os.makedirs(args.output_dir, exist_ok=True)
+            _save_safetensors(
+                {name: t.to("cpu").contiguous() for name, t in initial.items()},
+                os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE),
+                {"layers": self.layers},
+            )
+        return initial
+
+    def _load_initial(self, args) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        path = os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Resuming with layer_rotation needs the initial weights saved at the start of the run, {path}; "
+                "it is missing (was the run started with layer_rotation off, or in another output_dir?)."
+            )
+        stored = load_file(path)
+        missing = [n for n in self.selection.parameters if n not in stored]
+        if missing:
+            raise ValueError(f"{path} lacks the initial weights of {missing[:3]} (layer selection changed on resume?)")
+        return {n: stored[n].to(device=p.device, dtype=p.dtype) for n, p in self.selection.parameters.items()}
+
+    def _prepare_jsonl(self, args, keep_up_to_step: int) -> None:
+        os.makedirs(args.output_dir, exist_ok=True)
+        path = os.path.join(args.output_dir, DYNAMICS_FILE)
+        kept: list[str] = []
+        if keep_up_to_step > 0 and os.path.isfile(path):
+            # Lines past the checkpoint were written by the interrupted run and are measured again.
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= keep_up_to_step:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        break  # a line cut short by a kill; everything after it is newer
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+    def _append_jsonl(self, args, record: dict[str, Any]) -> None:
+        with open(os.path.join(args.output_dir, DYNAMICS_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+            f.flush()
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)

@@ -1,0 +1,252 @@
+"""`CriticalPeriodTrainer`: a drop-in `transformers.Trainer` that measures the training dynamics.
+
+What it does that a callback cannot:
+
+* **Gradient confusion without an extra pass.** At a measured step the gradients of distinct
+  mini-batches are taken apart: with gradient accumulation, one per micro-batch; without, the
+  step's batch is split in two halves (all rows of a sample in the same half) and each half goes
+  through its own forward/backward, weighted so that the two gradients sum to the unsplit one.
+  The accumulated gradient is restored before clipping and the optimizer step.
+* **The loss scale.** transformers passes ``num_items_in_batch`` to models whose ``forward``
+  takes ``**kwargs`` and then trusts them to normalise by it; several (e.g.
+  ``BertForSequenceClassification``) ignore it, so the gradients grow with the accumulation
+  steps. This trainer lets every model return its own per-batch mean and weights each
+  micro-batch by its share of the step's items, which gives the mean over the whole step for
+  every accumulation setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from .callback import DynamicsCallback
+from .metrics import PairwiseGradientCosines
+
+__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items"]
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_rows(batch: Mapping[str, Any]) -> int | None:
+    for value in batch.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def count_items(batch: Mapping[str, Any], shifted_labels: bool = False) -> torch.Tensor | int | None:
+    """Number of items a per-batch mean loss averages over.
+
+    Integer labels: the labels that are not ``-100`` (after the causal-LM shift when
+    ``shifted_labels``); float labels (regression, multi-label): all elements; no labels: the rows.
+    """
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if torch.is_tensor(labels):
+        if labels.is_floating_point():
+            return labels.numel()
+        if shifted_labels and labels.dim() > 1:
+            labels = labels[..., 1:]
+        return labels.ne(-100).sum()
+    return _batch_rows(batch) if isinstance(batch, Mapping) else None
+
+
+def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1) -> tuple[dict, dict] | None:
+    """Split a batch into two halves of distinct samples, or return ``None`` if it cannot be split.
+
+    Rows ``[i * rows_per_sample, (i + 1) * rows_per_sample)`` belong to sample ``i`` (the layout of
+    the k-copy augmentation collators) and always land in the same half. Every tensor whose first
+    dimension is the batch is sliced; other values are passed to both halves. A batch is not split
+    when it holds fewer than two samples or a tensor whose first dimension is not the batch size.
+    """
+    rows = _batch_rows(batch)
+    if rows is None or rows_per_sample < 1 or rows % rows_per_sample:
+        return None
+    samples = rows // rows_per_sample
+    if samples < 2:
+        return None
+    cut = (samples // 2) * rows_per_sample
+    first: dict[str, Any] = {}
+    second: dict[str, Any] = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value) and value.dim() > 0:
+            if value.shape[0] != rows:
+                return None
+            first[key], second[key] = value[:cut], value[cut:]
+        else:
+            first[key] = second[key] = value
+    return first, second
+
+
+@dataclass
+class _StepPlan:
+    """Book-keeping for the micro-batches of one optimizer step."""
+
+    step: int
+    counts: list[torch.Tensor | int | None]
+    next_index: int = 0
+    tracker: PairwiseGradientCosines | None = None
+    parts: list[list[torch.Tensor | None]] = field(default_factory=list)
+
+    @property
+    def total(self) -> torch.Tensor | int | None:
+        if any(c is None for c in self.counts):
+            return None
+        return sum(self.counts)
+
+
+class CriticalPeriodTrainer(Trainer):
+    """`transformers.Trainer` that measures gradient confusion, gradient predictability and layer rotation.
+
+    Same constructor as `Trainer`. Settings come from `CriticalPeriodArguments` (plain
+    `TrainingArguments` give the defaults) or from a `DynamicsCallback` passed in ``callbacks`` or as
+    ``dynamics_callback``. Values are logged under ``dynamics/*`` and written per layer to
+    ``output_dir/dynamics.jsonl``; see `hf_critical.callback` for the keys.
+    """
+
+    def __init__(self, *args, dynamics_callback: DynamicsCallback | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        existing = [cb for cb in self.callback_handler.callbacks if isinstance(cb, DynamicsCallback)]
+        if dynamics_callback is not None and existing and dynamics_callback is not existing[0]:
+            raise ValueError("pass the DynamicsCallback either in `callbacks` or as `dynamics_callback`, not both")
+        if dynamics_callback is None:
+            dynamics_callback = existing[0] if existing else DynamicsCallback.from_args(self.args)
+        if dynamics_callback not in self.callback_handler.callbacks:
+            self.add_callback(dynamics_callback)
+        dynamics_callback.log_fn = self.log
+        dynamics_callback.confusion_provider = True
+        self.dynamics = dynamics_callback
+        self._step_plan: _StepPlan | None = None
+        self._warned_unsplittable = False
+
+    # ---- entry point ----------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        path = resume_from_checkpoint
+        if path is True:
+            path = get_last_checkpoint(self.args.output_dir)
+        self.dynamics.resume_checkpoint = path if isinstance(path, str) else None
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._step_plan = None
+
+    # ---- micro-batches --------------------------------------------------------------------------
+
+    def rows_per_sample(self) -> int:
+        """Rows each sample occupies in a training batch (the number of augmented copies)."""
+        return 1
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        shifted = bool(getattr(self, "_loss_shifts_labels", False))
+        step = self.state.global_step + 1
+        plan = _StepPlan(step=step, counts=[count_items(b, shifted) for b in batch_samples])
+        if (
+            batch_samples
+            and self.dynamics.wants_confusion(step)
+            and self.dynamics.selection is not None
+            and self.args.world_size == 1
+        ):
+            plan.tracker = PairwiseGradientCosines(self.dynamics.selection.names)
+        self._step_plan = plan
+        return batch_samples, num_items_in_batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        plan = self._step_plan
+        if plan is None or plan.next_index >= len(plan.counts):
+            # Called outside the training loop's batching: behave exactly like Trainer.
+            return super().training_step(model, inputs, num_items_in_batch)
+        index = plan.next_index
+        plan.next_index += 1
+        if plan.tracker is None:
+            return self._weighted_step(
+                model, inputs, num_items_in_batch, plan.counts[index], plan.total, len(plan.counts)
+            )
+        if len(plan.counts) == 1:
+            halves = split_batch(inputs, self.rows_per_sample())
+            if halves is None:
+                self._skip_confusion(plan, inputs)
+                return self._weighted_step(model, inputs, num_items_in_batch, plan.counts[index], plan.total, 1)
+            shifted = bool(getattr(self, "_loss_shifts_labels", False))
+            loss = None
+            for half_index, half in enumerate(halves):
+                if half_index:
+                    self._set_grads_aside(plan)
+                if plan.total is None:
+                    count, total = _batch_rows(half), _batch_rows(inputs)
+                else:
+                    count, total = count_items(half, shifted), plan.total
+                half_loss = self._weighted_step(model, half, num_items_in_batch, count, total, 2)
+                plan.tracker.add(self._selected_grads())
+                loss = half_loss if loss is None else loss + half_loss
+            self._finish_confusion(plan)
+            return loss
+        if index > 0:
+            self._set_grads_aside(plan)
+        loss = self._weighted_step(
+            model, inputs, num_items_in_batch, plan.counts[index], plan.total, len(plan.counts)
+        )
+        plan.tracker.add(self._selected_grads())
+        if index == len(plan.counts) - 1:
+            self._finish_confusion(plan)
+        return loss
+
+    def _loss_normalized_by_items(self) -> bool:
+        """Whether `compute_loss` already divides by ``num_items_in_batch`` (the caller said so)."""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return self.compute_loss_func is not None
+
+    def _weighted_step(self, model, inputs, num_items_in_batch, count, total, num_parts: int):
+        if self._loss_normalized_by_items():
+            return super().training_step(model, inputs, num_items_in_batch)
+        if count is None or total is None:
+            # Nothing to count: equal weights.
+            self.current_gradient_accumulation_steps = num_parts
+        else:
+            # Trainer divides the per-batch mean loss by this: count/total weights it by its share of the items.
+            self.current_gradient_accumulation_steps = total / count
+        # The model returns its own per-batch mean: never hand it num_items_in_batch (see module docstring).
+        return super().training_step(model, inputs, None)
+
+    def _selected_grads(self) -> list[torch.Tensor | None]:
+        return [p.grad for p in self.dynamics.selection.parameters.values()]
+
+    def _set_grads_aside(self, plan: _StepPlan) -> None:
+        params = list(self.dynamics.selection.parameters.values())
+        plan.parts.append([p.grad for p in params])
+        for p in params:
+            p.grad = None
+
+    def _finish_confusion(self, plan: _StepPlan) -> None:
+        params = list(self.dynamics.selection.parameters.values())
+        for part in plan.parts:
+            for p, g in zip(params, part):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+        plan.parts.clear()
+        self.dynamics.record_confusion(plan.step, plan.tracker.result())
+        plan.tracker = None
+
+    def _skip_confusion(self, plan: _StepPlan, inputs) -> None:
+        if not self._warned_unsplittable:
+            logger.warning(
+                "gradient_confusion skipped at step %d: the batch (%s rows, %d per sample) cannot be split into two "
+                "halves of distinct samples.",
+                plan.step,
+                _batch_rows(inputs),
+                self.rows_per_sample(),
+            )
+            self._warned_unsplittable = True
+        plan.tracker = None
