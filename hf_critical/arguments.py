@@ -73,8 +73,21 @@ class CriticalPeriodArguments(TrainingArguments):
         },
     )
 
+    dynamics_offload_initial_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the initial weights used by layer_rotation in host memory instead of on the training "
+            "device: saves one copy of the measured weights in accelerator memory, costs a host-to-device copy "
+            "per measurement."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         self.dynamics_metrics = normalize_metric_names(self.dynamics_metrics)
         validate_every_n_steps(self.dynamics_every_n_steps)
         validate_layer_selection(self.dynamics_layers)
+        if not isinstance(self.dynamics_offload_initial_weights, bool):
+            raise ValueError(
+                f"`dynamics_offload_initial_weights` must be True or False, got {self.dynamics_offload_initial_weights!r}"
+            )

@@ -62,6 +62,7 @@ class DynamicsCallback(TrainerCallback):
         metrics: Names from :data:`hf_critical.arguments.METRIC_NAMES`, ``"all"`` or ``"none"``.
         every_n_steps: Measure at optimizer steps ``every_n_steps, 2*every_n_steps, ...``.
         layers: ``"weights"``, ``"all"`` or a regular expression over parameter names.
+        offload_initial_weights: Keep layer rotation's initial weights in host memory.
     """
 
     def __init__(
@@ -69,11 +70,15 @@ class DynamicsCallback(TrainerCallback):
         metrics: str | Iterable[str] = METRIC_NAMES,
         every_n_steps: int = DEFAULT_EVERY_N_STEPS,
         layers: str = "weights",
+        offload_initial_weights: bool = False,
     ):
         self.metrics = normalize_metric_names(metrics, "metrics")
         self.every_n_steps = validate_every_n_steps(every_n_steps, "every_n_steps")
         validate_layer_selection(layers, "layers")
         self.layers = layers
+        if not isinstance(offload_initial_weights, bool):
+            raise ValueError(f"`offload_initial_weights` must be True or False, got {offload_initial_weights!r}")
+        self.offload_initial_weights = offload_initial_weights
         #: One compact entry per measurement: step, epoch and the global values.
         self.history: list[dict[str, Any]] = []
         #: Called with the values to log at a measured step (``Trainer.log`` when attached).
@@ -98,6 +103,7 @@ class DynamicsCallback(TrainerCallback):
             metrics=getattr(args, "dynamics_metrics", METRIC_NAMES),
             every_n_steps=getattr(args, "dynamics_every_n_steps", DEFAULT_EVERY_N_STEPS),
             layers=getattr(args, "dynamics_layers", "weights"),
+            offload_initial_weights=getattr(args, "dynamics_offload_initial_weights", False),
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
@@ -112,7 +118,13 @@ class DynamicsCallback(TrainerCallback):
         return bool(self.metrics) and step > 0 and step % self.every_n_steps == 0
 
     def wants_confusion(self, step: int) -> bool:
-        return "gradient_confusion" in self.metrics and self.is_measured_step(step)
+        """Whether ``step``'s micro-batches feed gradient confusion.
+
+        Confusion for the measurement at step ``s`` is taken on the batch of step ``s - 1``, the step
+        whose gradient predictability keeps a copy of: that way the half-batch gradient set aside for
+        confusion and the gradient kept for predictability are never held at the same time.
+        """
+        return "gradient_confusion" in self.metrics and self.is_measured_step(step + 1)
 
     def record_confusion(self, step: int, result: MetricResult) -> None:
         """Hand over the gradient confusion measured during the micro-batches of ``step``."""
@@ -164,7 +176,7 @@ class DynamicsCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
         if self.is_measured_step(step) and self.selection is not None:
-            self._finish_measurement(args, state, step)
+            self._finish_measurement(args, state, control, step)
         if control.should_save:
             state.stateful_callbacks[STATE_KEY] = self.state()
 
@@ -192,11 +204,11 @@ class DynamicsCallback(TrainerCallback):
 
     # ---- measurement ----------------------------------------------------------------------------
 
-    def _finish_measurement(self, args, state, step: int) -> None:
+    def _finish_measurement(self, args, state, control, step: int) -> None:
         results: dict[str, MetricResult | None] = {}
         if "gradient_confusion" in self.metrics:
             confusion = self._confusion
-            results["gradient_confusion"] = confusion[1] if confusion is not None and confusion[0] == step else None
+            results["gradient_confusion"] = confusion[1] if confusion is not None and confusion[0] == step - 1 else None
             self._confusion = None
         if "gradient_predictability" in self.metrics:
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
@@ -211,6 +223,8 @@ class DynamicsCallback(TrainerCallback):
                 record[name] = {"value": None, "unavailable": True}
                 continue
             record[name] = result.to_dict()
+            if name == "gradient_confusion":
+                record[name]["batch_step"] = step - 1
             for field_name, key in _LOG_KEYS[name]:
                 value = result.value if field_name == "value" else result.extra.get(field_name)
                 if value is not None and math.isfinite(value):
@@ -220,7 +234,10 @@ class DynamicsCallback(TrainerCallback):
             self._append_jsonl(args, record)
         if values:
             if self.log_fn is not None:
+                # Trainer.log clears control.should_log; the Trainer's own log of this step must still happen.
+                should_log = control.should_log
                 self.log_fn(dict(values))
+                control.should_log = should_log
             else:
                 state.log_history.append({**values, "epoch": state.epoch, "step": step})
 
@@ -229,8 +246,19 @@ class DynamicsCallback(TrainerCallback):
     def state(self) -> dict[str, Any]:
         """JSON-ready state, saved in checkpoints under ``TrainerState.stateful_callbacks[STATE_KEY]``."""
         return {
-            "args": {"metrics": list(self.metrics), "every_n_steps": self.every_n_steps, "layers": self.layers},
-            "attributes": {"history": list(self.history)},
+            "args": {
+                "metrics": list(self.metrics),
+                "every_n_steps": self.every_n_steps,
+                "layers": self.layers,
+                "offload_initial_weights": self.offload_initial_weights,
+            },
+            "attributes": {
+                "history": list(self.history),
+                # Confusion measured on the batch before a checkpoint belongs to the measurement after it.
+                "pending_confusion": None
+                if self._confusion is None
+                else {"step": self._confusion[0], "result": self._confusion[1].to_dict()},
+            },
         }
 
     def _restore(self, args, state) -> None:
@@ -242,7 +270,11 @@ class DynamicsCallback(TrainerCallback):
             )
             self.history = []
         else:
-            self.history = [h for h in saved["attributes"]["history"] if h["step"] <= state.global_step]
+            attributes = saved["attributes"]
+            self.history = [h for h in attributes["history"] if h["step"] <= state.global_step]
+            pending = attributes.get("pending_confusion")
+            if pending is not None and pending["step"] == state.global_step:
+                self._confusion = (pending["step"], MetricResult.from_dict(pending["result"]))
         folder = self.resume_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         snapshot_path = os.path.join(folder, GRAD_SNAPSHOT_FILE)
         if "gradient_predictability" in self.metrics and os.path.isfile(snapshot_path):
@@ -257,8 +289,13 @@ class DynamicsCallback(TrainerCallback):
                 [stored[n].to(p.device) if n in stored else None for n, p in params.items()],
             )
 
+    def _initial_device(self, param: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self.offload_initial_weights else param.device
+
     def _take_initial(self, args, state) -> dict[str, torch.Tensor]:
-        initial = {name: p.detach().clone() for name, p in self.selection.parameters.items()}
+        initial = {
+            name: p.detach().to(self._initial_device(p), copy=True) for name, p in self.selection.parameters.items()
+        }
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
             _save_safetensors(
@@ -281,7 +318,9 @@ class DynamicsCallback(TrainerCallback):
         missing = [n for n in self.selection.parameters if n not in stored]
         if missing:
             raise ValueError(f"{path} lacks the initial weights of {missing[:3]} (layer selection changed on resume?)")
-        return {n: stored[n].to(device=p.device, dtype=p.dtype) for n, p in self.selection.parameters.items()}
+        return {
+            n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in self.selection.parameters.items()
+        }
 
     def _prepare_jsonl(self, args, keep_up_to_step: int) -> None:
         os.makedirs(args.output_dir, exist_ok=True)

@@ -20,7 +20,6 @@ global value is computed over the remaining layers and is ``None`` (never NaN) w
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,12 @@ class MetricResult:
     def to_dict(self) -> dict:
         """A JSON-ready dict: ``value``, the extras, ``per_layer`` and ``skipped``."""
         return {"value": self.value, **self.extra, "per_layer": dict(self.per_layer), "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> MetricResult:
+        """Inverse of :meth:`to_dict`."""
+        extra = {k: v for k, v in data.items() if k not in ("value", "per_layer", "skipped")}
+        return cls(data["value"], dict(data["per_layer"]), dict(data["skipped"]), extra)
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -169,23 +174,11 @@ def gradient_confusion(grads: Sequence[Mapping[str, torch.Tensor | None]]) -> Me
     """
     if len(grads) < 2:
         raise ValueError(f"gradient_confusion needs at least two gradients, got {len(grads)}")
-    skipped = _empty_skips()
-    names = _present_names(grads, skipped)
-    tensors = [[g[name] for name in names] for g in grads]
-    norms = [squared_norms(t).tolist() if names else [] for t in tensors]
-    pair_values: list[float] = []
-    layer_sums: dict[str, float] = {}
-    layer_counts: dict[str, int] = {}
-    for i, j in itertools.combinations(range(len(grads)), 2):
-        dots = dot_products(tensors[i], tensors[j]).tolist() if names else []
-        value, per_layer = _pair_cosines(names, dots, norms[i], norms[j], skipped)
-        if value is not None:
-            pair_values.append(value)
-        for name, cosine in per_layer.items():
-            layer_sums[name] = layer_sums.get(name, 0.0) + cosine
-            layer_counts[name] = layer_counts.get(name, 0) + 1
-    per_layer_mean = {name: layer_sums[name] / layer_counts[name] for name in layer_sums}
-    return confusion_result(pair_values, per_layer_mean, skipped)
+    names = list(dict.fromkeys(name for g in grads for name in g))
+    tracker = PairwiseGradientCosines(names)
+    for g in grads:
+        tracker.add([g.get(name) for name in names])
+    return tracker.result()
 
 
 def confusion_result(
@@ -231,8 +224,9 @@ def layer_rotation(
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
     init = [initial[n] for n in names]
     cur = [current[n] for n in names]
+    # Current weights first: initial weights kept in host memory move to the weights' device, not back.
     _, cosines = _pair_cosines(
-        names, dot_products(init, cur).tolist(), squared_norms(init).tolist(), squared_norms(cur).tolist(), skipped
+        names, dot_products(cur, init).tolist(), squared_norms(init).tolist(), squared_norms(cur).tolist(), skipped
     )
     per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}
     if not per_layer:
@@ -318,4 +312,6 @@ def _self_dot(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape != b.shape:
+        raise ValueError(f"tensor shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
     return torch.dot(_as_float32(a), _as_float32(b))
