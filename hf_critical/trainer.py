@@ -17,6 +17,7 @@ What it does that a callback cannot:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,10 +27,20 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from .arguments import detector_kwargs
+from .augmentation import AugmentationCollator
 from .callback import DynamicsCallback
+from .detectors import Detector, build_detector
 from .metrics import PairwiseGradientCosines
+from .switch import CriticalPeriodCallback
 
-__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items"]
+__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "RESERVED_KEYS"]
+
+#: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
+ROWS_KEY = "hf_critical_rows_per_sample"
+SINGLE_KEY = "hf_critical_single"
+ON_DEVICE_KEY = "hf_critical_augment_on_device"
+RESERVED_KEYS = (ROWS_KEY, SINGLE_KEY, ON_DEVICE_KEY)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +121,13 @@ class CriticalPeriodTrainer(Trainer):
     ``output_dir/dynamics.jsonl``; see `hf_critical.callback` for the keys.
     """
 
-    def __init__(self, *args, dynamics_callback: DynamicsCallback | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        dynamics_callback: DynamicsCallback | None = None,
+        detector: Detector | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         existing = [cb for cb in self.callback_handler.callbacks if isinstance(cb, DynamicsCallback)]
         if dynamics_callback is not None and existing and dynamics_callback is not existing[0]:
@@ -122,8 +139,70 @@ class CriticalPeriodTrainer(Trainer):
         dynamics_callback.log_fn = self.log
         dynamics_callback.confusion_provider = True
         self.dynamics = dynamics_callback
+
+        self.augmentation = self.data_collator if isinstance(self.data_collator, AugmentationCollator) else None
+        self._configure_augmentation()
+        if detector is None:
+            detector = build_detector(**detector_kwargs(self.args))
+        # Added after the DynamicsCallback: its on_step_end reads the measurement of the same step.
+        self.switch = CriticalPeriodCallback(detector, dynamics_callback, self.augmentation)
+        self.switch.log_fn = self.log
+        self.add_callback(self.switch)
+
         self._step_plan: _StepPlan | None = None
+        self._step_rows_per_sample = 1
         self._warned_unsplittable = False
+
+    def _configure_augmentation(self) -> None:
+        copies = getattr(self.args, "augment_copies", None)
+        after_switch = getattr(self.args, "augment_after_switch", None)
+        if self.augmentation is None:
+            if copies not in (None, 1) or after_switch is not None:
+                raise ValueError(
+                    "`augment_copies`/`augment_after_switch` need an hf_critical augmentation collator "
+                    "(TextAugmentationCollator, ImageAugmentationCollator) as `data_collator`, got "
+                    f"{type(self.data_collator).__name__}"
+                )
+            return
+        if copies is not None:
+            self.augmentation.copies = copies
+        if after_switch is not None:
+            self.augmentation.after_switch = after_switch
+        if self.args.remove_unused_columns:
+            # The collator reads raw fields (e.g. the text) that the model's forward does not take.
+            logger.info("remove_unused_columns set to False: the augmentation collator reads raw dataset columns")
+            self.args.remove_unused_columns = False
+
+    @property
+    def critical_period(self) -> dict[str, Any] | None:
+        """The switch step, epoch, detector and metric values at the switch; None if the detector never fired."""
+        return self.switch.critical_period
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.augmentation is not None and "augment/copies" not in logs:
+            logs["augment/copies"] = self._step_rows_per_sample
+        super().log(logs, start_time)
+
+    # ---- evaluation uses clean, single-copy batches ----------------------------------------------
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._clean_collator():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._clean_collator():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextlib.contextmanager
+    def _clean_collator(self):
+        if self.augmentation is None:
+            yield
+            return
+        self.data_collator = self.augmentation.for_evaluation()
+        try:
+            yield
+        finally:
+            self.data_collator = self.augmentation
 
     # ---- entry point ----------------------------------------------------------------------------
 
@@ -140,11 +219,19 @@ class CriticalPeriodTrainer(Trainer):
     # ---- micro-batches --------------------------------------------------------------------------
 
     def rows_per_sample(self) -> int:
-        """Rows each sample occupies in a training batch (the number of augmented copies)."""
-        return 1
+        """Rows each sample occupies in this step's training batches (the number of augmented copies)."""
+        return self._step_rows_per_sample
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        self._step_rows_per_sample = self.switch.copies
+        batch_samples = [self._materialize(batch) for batch in batch_samples]
+        num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
         shifted = bool(getattr(self, "_loss_shifts_labels", False))
         step = self.state.global_step + 1
         plan = _StepPlan(step=step, counts=[count_items(b, shifted) for b in batch_samples])
@@ -157,6 +244,29 @@ class CriticalPeriodTrainer(Trainer):
             plan.tracker = PairwiseGradientCosines(self.dynamics.selection.names)
         self._step_plan = plan
         return batch_samples, num_items_in_batch
+
+    def _materialize(self, batch):
+        """Give a collated batch the rows per sample of the current step (k before the switch, 1 after)."""
+        if not isinstance(batch, Mapping) or not any(key in batch for key in RESERVED_KEYS):
+            return batch
+        batch = dict(batch)
+        if batch.pop(ON_DEVICE_KEY, False):
+            batch.pop(ROWS_KEY, None)
+            batch.pop(SINGLE_KEY, None)
+            batch = self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample)
+            batch = dict(batch)
+        rows = batch.pop(ROWS_KEY, 1)
+        single = batch.pop(SINGLE_KEY, None)
+        wanted = self._step_rows_per_sample
+        if single is not None and self.augmentation.switched:
+            # Collated (prefetched) before the switch: its post-switch view is what this step trains on.
+            return dict(single)
+        if rows == wanted:
+            return batch
+        raise RuntimeError(
+            f"a training batch holds {rows} rows per sample but this step needs {wanted}; "
+            "was the augmentation collator switched back during training?"
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         plan = self._step_plan

@@ -70,7 +70,7 @@ def test_split_halves_sum_to_the_unsplit_gradient(tmp_path):
     """Measuring confusion splits step 1's batch in halves; training must not change (SGD, no dropout)."""
     data = text_dataset()
     measured = _train(tiny_bert(), data, tmp_path / "on", dynamics_every_n_steps=2, max_steps=3)
-    plain = _train(tiny_bert(), data, tmp_path / "off", dynamics_metrics="none", max_steps=3)
+    plain = _train(tiny_bert(), data, tmp_path / "off", dynamics_metrics="none", detector="never", max_steps=3)
     assert read_jsonl(jsonl_path(tmp_path / "on"))[0]["gradient_confusion"]["num_pairs"] == 1
     assert _max_param_diff(measured.model, plain.model) < 1e-6
     losses_on = [h["loss"] for h in measured.state.log_history if "loss" in h]
@@ -104,7 +104,10 @@ def test_confusion_from_split_matches_the_reference_on_the_halves(tmp_path):
 def test_batch16_equals_batch8_with_two_accumulation_steps(tmp_path, metrics):
     """The loss-scale trap: BERT ignores num_items_in_batch; this trainer weights micro-batches itself."""
     data = text_dataset()
-    one = _train(tiny_bert(), data, tmp_path / "a", per_device_train_batch_size=16, dynamics_metrics=metrics)
+    detector = "stability" if metrics == "all" else "never"
+    one = _train(
+        tiny_bert(), data, tmp_path / "a", per_device_train_batch_size=16, dynamics_metrics=metrics, detector=detector
+    )
     two = _train(
         tiny_bert(),
         data,
@@ -112,6 +115,7 @@ def test_batch16_equals_batch8_with_two_accumulation_steps(tmp_path, metrics):
         per_device_train_batch_size=8,
         gradient_accumulation_steps=2,
         dynamics_metrics=metrics,
+        detector=detector,
     )
     losses_one = [h["loss"] for h in one.state.log_history if "loss" in h]
     losses_two = [h["loss"] for h in two.state.log_history if "loss" in h]
@@ -263,6 +267,7 @@ def test_every_layer_non_finite_leaves_the_key_out(tmp_path):
     trainer = _train(
         model, text_dataset(), tmp_path, dynamics_every_n_steps=2, learning_rate=0.0, max_steps=2,
         dynamics_metrics=["gradient_confusion", "gradient_predictability"],
+        detector_metrics=["gradient_predictability"],
     )
     record = read_jsonl(jsonl_path(tmp_path))[0]
     assert record["gradient_predictability"]["value"] is None

@@ -1,0 +1,159 @@
+"""`CriticalPeriodCallback`: runs a detector over the metrics and cuts augmentation to one copy when it fires.
+
+Logged keys:
+
+=================================  ===============================================================
+Key                                Meaning
+=================================  ===============================================================
+``augment/copies``                 rows per sample in the training batches at this log step (k or 1)
+``critical_period/switch_step``    the optimizer step at which the detector fired (logged once);
+                                   steps after it train on one copy per sample
+``critical_period/switch_epoch``   the same, in epochs (logged once)
+=================================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from .callback import DynamicsCallback
+from .detectors import Detector, detector_from_state
+
+__all__ = ["CriticalPeriodCallback", "SWITCH_STATE_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of this callback's state in `TrainerState.stateful_callbacks` (saved inside trainer_state.json).
+SWITCH_STATE_KEY = "hf_critical.CriticalPeriodCallback"
+
+
+class CriticalPeriodCallback(TrainerCallback):
+    """Feeds every measurement to a detector; when it fires, switches the augmentation collator to one copy.
+
+    The switch is decided in ``on_step_end`` of step ``s`` and applies to the batches of step ``s + 1``
+    onward: the collator's shared flag tells DataLoader workers, and the trainer trims batches that
+    were collated (prefetched) before the decision. Under several processes the decision is reduced
+    across ranks (fired anywhere = fired everywhere), so every rank switches at the same step.
+
+    Args:
+        detector: A :class:`~hf_critical.detectors.Detector`.
+        dynamics: The `DynamicsCallback` whose measurements feed the detector.
+        collator: The augmentation collator to switch (``None``: detect and log only).
+    """
+
+    def __init__(self, detector: Detector, dynamics: DynamicsCallback, collator: Any = None):
+        if not isinstance(detector, Detector):
+            raise ValueError(f"`detector` must be an hf_critical Detector, got {type(detector).__name__}")
+        self.detector = detector
+        self.dynamics = dynamics
+        self.collator = collator
+        self.log_fn = None
+        #: None until the detector fires; then the switch step, epoch, detector and metric values.
+        self.critical_period: dict[str, Any] | None = None
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    @property
+    def copies(self) -> int:
+        """Rows per sample the next training batches get (k before the switch, 1 after)."""
+        if self.collator is None:
+            return 1
+        return self.collator.rows_per_sample
+
+    def state(self) -> dict[str, Any]:
+        return {"detector": self.detector.state(), "critical_period": self.critical_period}
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        steps_per_epoch = _steps_per_epoch(train_dataloader, args, state)
+        saved = (state.stateful_callbacks or {}).get(SWITCH_STATE_KEY) if state.global_step > 0 else None
+        if saved is not None:
+            self.detector = detector_from_state(saved["detector"])
+            self.critical_period = saved["critical_period"]
+        elif state.global_step > 0:
+            logger.warning("Resuming from a checkpoint without hf_critical switch state: the detector starts afresh.")
+        else:
+            self.critical_period = None
+        self.detector.configure(steps_per_epoch=steps_per_epoch, num_epochs=float(state.num_train_epochs))
+        if self.collator is not None:
+            if self.critical_period is not None:
+                self.collator.switch()
+            else:
+                self.collator.reset()
+        self.dynamics.record_fields["augment_copies"] = self.copies
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if self.critical_period is None:
+            values = None
+            history = self.dynamics.history
+            if history and history[-1]["step"] == step:
+                values = {
+                    key.removeprefix("dynamics/"): value for key, value in history[-1].items() if key.startswith("dynamics/")
+                }
+            fired = _agree(self.detector.update(step, float(state.epoch or 0.0), values))
+            if fired:
+                self._switch(args, state, control, step)
+        if control.should_save:
+            state.stateful_callbacks[SWITCH_STATE_KEY] = self.state()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            state.stateful_callbacks[SWITCH_STATE_KEY] = self.state()
+
+    def _switch(self, args, state, control, step: int) -> None:
+        epoch = float(state.epoch or 0.0)
+        before = self.copies
+        if self.collator is not None:
+            self.collator.switch()
+        last = self.dynamics.history[-1] if self.dynamics.history else {}
+        self.critical_period = {
+            "switch_step": step,
+            "switch_epoch": epoch,
+            "detector": self.detector.describe(),
+            "copies_before": before,
+            "copies_after": self.copies,
+            "metrics_at_switch": dict(self.detector.values_at_fire or {}),
+            "last_measurement_step": last.get("step"),
+        }
+        self.dynamics.record_fields["augment_copies"] = self.copies
+        logger.info("Critical period ended at step %d (epoch %.3f): augmentation %d -> %d copies", step, epoch, before, self.copies)
+        if self.log_fn is not None:
+            should_log = control.should_log
+            self.log_fn({"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch})
+            control.should_log = should_log
+        else:
+            state.log_history.append(
+                {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch, "step": step}
+            )
+
+
+def _steps_per_epoch(train_dataloader, args, state) -> int:
+    try:
+        batches = len(train_dataloader)
+    except (TypeError, AttributeError):
+        batches = None
+    if batches:
+        accumulation = max(1, args.gradient_accumulation_steps)
+        return max(1, math.ceil(batches / accumulation))
+    if state.max_steps and state.num_train_epochs:
+        return max(1, math.ceil(state.max_steps / state.num_train_epochs))
+    return 1
+
+
+def _agree(fired: bool) -> bool:
+    """Fired on any rank means fired on every rank (a rank that disagreed would desynchronise DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fired
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    flag = torch.tensor([1 if fired else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
