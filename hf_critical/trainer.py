@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .arguments import detector_kwargs
 from .augmentation import AugmentationCollator
@@ -93,6 +95,34 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1) -> tuple[dic
         else:
             first[key] = second[key] = value
     return first, second
+
+
+def _reload_renamed_weights(model, checkpoint: str) -> None:
+    """Load weights that `Trainer._load_from_checkpoint` missed because their names changed on save.
+
+    transformers 5 saves some models (e.g. ViT) under their legacy parameter names and renames
+    them in `from_pretrained`, but the Trainer's resume loads the file with a plain, non-strict
+    `load_state_dict`: those weights silently keep their current values. This reloads them
+    through `from_pretrained`, which applies the renaming.
+    """
+    path = os.path.join(checkpoint, SAFE_WEIGHTS_NAME)
+    if not isinstance(model, PreTrainedModel) or not os.path.isfile(path):
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        saved = set(f.keys())
+    if set(model.state_dict()) <= saved:
+        return
+    logger.info("Checkpoint %s stores renamed parameters; reloading them through from_pretrained", checkpoint)
+    reloaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(reloaded.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"could not restore {len(missing)} parameters from {checkpoint}, e.g. {missing[:3]}")
+
+
+def _augments_on_device(batch) -> bool:
+    return isinstance(batch, Mapping) and bool(batch.get(ON_DEVICE_KEY, False))
 
 
 @dataclass
@@ -216,6 +246,10 @@ class CriticalPeriodTrainer(Trainer):
         finally:
             self._step_plan = None
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        _reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
+
     # ---- micro-batches --------------------------------------------------------------------------
 
     def rows_per_sample(self) -> int:
@@ -233,8 +267,15 @@ class CriticalPeriodTrainer(Trainer):
         batch_samples = [self._materialize(batch) for batch in batch_samples]
         num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
         shifted = bool(getattr(self, "_loss_shifts_labels", False))
+        counts = [count_items(b, shifted) for b in batch_samples]
+        if any(_augments_on_device(b) for b in batch_samples):
+            # Those batches get their k rows per sample in training_step; labels are repeated k times.
+            k = self._step_rows_per_sample
+            counts = [c * k if c is not None and _augments_on_device(b) else c for c, b in zip(counts, batch_samples)]
+            if num_items_in_batch is not None:
+                num_items_in_batch = num_items_in_batch * k
         step = self.state.global_step + 1
-        plan = _StepPlan(step=step, counts=[count_items(b, shifted) for b in batch_samples])
+        plan = _StepPlan(step=step, counts=counts)
         if (
             batch_samples
             and self.dynamics.wants_confusion(step)
@@ -250,11 +291,11 @@ class CriticalPeriodTrainer(Trainer):
         if not isinstance(batch, Mapping) or not any(key in batch for key in RESERVED_KEYS):
             return batch
         batch = dict(batch)
-        if batch.pop(ON_DEVICE_KEY, False):
+        if batch.get(ON_DEVICE_KEY, False):
+            # Augmented in training_step, after the Trainer restores the RNG state on resume.
             batch.pop(ROWS_KEY, None)
             batch.pop(SINGLE_KEY, None)
-            batch = self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample)
-            batch = dict(batch)
+            return batch
         rows = batch.pop(ROWS_KEY, 1)
         single = batch.pop(SINGLE_KEY, None)
         wanted = self._step_rows_per_sample
@@ -268,7 +309,17 @@ class CriticalPeriodTrainer(Trainer):
             "was the augmentation collator switched back during training?"
         )
 
+    def _augment_on_device(self, batch):
+        batch = dict(batch)
+        batch.pop(ON_DEVICE_KEY)
+        batch = dict(self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample))
+        batch.pop(ROWS_KEY, None)
+        batch.pop(SINGLE_KEY, None)
+        return batch
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if _augments_on_device(inputs):
+            inputs = self._augment_on_device(inputs)
         plan = self._step_plan
         if plan is None or plan.next_index >= len(plan.counts):
             # Called outside the training loop's batching: behave exactly like Trainer.

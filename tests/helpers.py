@@ -10,10 +10,12 @@ from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
 
-def tiny_bert(seed: int = 0, num_labels: int = 2, dropout: float = 0.0) -> BertForSequenceClassification:
+def tiny_bert(
+    seed: int = 0, num_labels: int = 2, dropout: float = 0.0, vocab_size: int = 100
+) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=100,
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -93,3 +95,39 @@ def dynamics_entries(log_history: list[dict]) -> list[dict]:
 
 def jsonl_path(output_dir) -> str:
     return os.path.join(str(output_dir), "dynamics.jsonl")
+
+
+def tiny_tokenizer():
+    """A word-piece tokenizer built offline from letters and a few words (no download)."""
+    import string
+
+    from transformers import BertTokenizerFast
+
+    letters = list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase]
+    words = ["the", "a", "film", "movie", "good", "bad", "is", "was", "very", "not", "plot", "fun"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.digits, *string.punctuation, *letters, *words]
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))}, do_lower_case=True)
+
+
+def sentence_dataset(rows: int = 48, seed: int = 3) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    words = ["the", "film", "movie", "is", "was", "very", "not", "good", "bad", "fun", "plot"]
+    sentences = []
+    for _ in range(rows):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        sentences.append(" ".join(words[int(i)] for i in torch.randint(0, len(words), (length,), generator=g)))
+    labels = torch.randint(0, 2, (rows,), generator=g).tolist()
+    return Dataset.from_dict({"sentence": sentences, "label": labels})
+
+
+class RowRecorder:
+    """Forward pre-hook recording the number of rows the model receives in each training forward pass."""
+
+    def __init__(self, model, field: str):
+        self.field = field
+        self.rows: list[int] = []
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        if module.training:
+            self.rows.append(int(kwargs[self.field].shape[0]))

@@ -377,3 +377,14 @@ def test_callback_passed_twice_is_refused(tmp_path):
             callbacks=[DynamicsCallback()],
             dynamics_callback=DynamicsCallback(),
         )
+
+
+def test_vit_resume_restores_weights_saved_under_legacy_names(tmp_path):
+    """transformers 5 saves ViT under renamed keys that Trainer's resume does not map back; we do."""
+    data = image_dataset(64)
+    overrides = dict(dynamics_every_n_steps=2, max_steps=6, save_strategy="steps", save_steps=3)
+    full = _train(tiny_vit(), data, tmp_path / "full", **overrides)
+    args = CriticalPeriodArguments(**common_args(tmp_path / "full", **overrides))
+    resumed = CriticalPeriodTrainer(model=tiny_vit(seed=7), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert _max_param_diff(resumed.model, full.model) < 1e-6
