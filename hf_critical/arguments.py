@@ -27,6 +27,7 @@ DEFAULT_EVERY_N_STEPS = 10
 #: Detectors selectable by name (see hf_critical.detectors).
 DETECTOR_NAMES = ("stability", "fukase_confusion_iqr", "fukase_rotation_angle", "fixed", "never")
 AFTER_SWITCH_MODES = ("clean", "augmented")
+INITIAL_WEIGHTS_STORAGE = ("disk", "host", "device")
 
 
 def normalize_metric_names(metrics: str | Iterable[str] | None, field_name: str = "dynamics_metrics") -> list[str]:
@@ -83,12 +84,12 @@ class CriticalPeriodArguments(TrainingArguments):
         },
     )
 
-    dynamics_offload_initial_weights: bool = field(
-        default=False,
+    dynamics_initial_weights: str = field(
+        default="disk",
         metadata={
-            "help": "Keep the initial weights used by layer_rotation in host memory instead of on the training "
-            "device: saves one copy of the measured weights in accelerator memory, costs a host-to-device copy "
-            "per measurement."
+            "help": "Where layer_rotation keeps the initial weights: 'disk' (streamed one layer at a time from "
+            "output_dir/critical_period_initial_weights.safetensors at each measurement: no extra memory), 'host' "
+            "(host memory) or 'device' (the training device: fastest, one more copy of the measured weights there)."
         },
     )
 
@@ -166,9 +167,10 @@ class CriticalPeriodArguments(TrainingArguments):
             build_detector(**detector_kwargs(self))
         except ValueError as err:
             raise ValueError(f"invalid `detector_*` arguments for detector {self.detector!r}: {err}") from None
-        if not isinstance(self.dynamics_offload_initial_weights, bool):
+        if self.dynamics_initial_weights not in INITIAL_WEIGHTS_STORAGE:
             raise ValueError(
-                f"`dynamics_offload_initial_weights` must be True or False, got {self.dynamics_offload_initial_weights!r}"
+                f"`dynamics_initial_weights` must be one of {list(INITIAL_WEIGHTS_STORAGE)}, "
+                f"got {self.dynamics_initial_weights!r}"
             )
 
 

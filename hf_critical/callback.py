@@ -22,15 +22,22 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from .arguments import DEFAULT_EVERY_N_STEPS, METRIC_NAMES, normalize_metric_names, validate_every_n_steps
+from .arguments import (
+    DEFAULT_EVERY_N_STEPS,
+    INITIAL_WEIGHTS_STORAGE,
+    METRIC_NAMES,
+    normalize_metric_names,
+    validate_every_n_steps,
+)
 from .layers import LayerSelection, select_parameters, validate_layer_selection
 from .metrics import MetricResult, gradient_predictability, layer_rotation
+from .weights_file import TensorFile, write_tensors
 
 __all__ = ["DynamicsCallback", "DYNAMICS_FILE", "INITIAL_WEIGHTS_FILE", "GRAD_SNAPSHOT_FILE", "STATE_KEY"]
 
@@ -62,7 +69,8 @@ class DynamicsCallback(TrainerCallback):
         metrics: Names from :data:`hf_critical.arguments.METRIC_NAMES`, ``"all"`` or ``"none"``.
         every_n_steps: Measure at optimizer steps ``every_n_steps, 2*every_n_steps, ...``.
         layers: ``"weights"``, ``"all"`` or a regular expression over parameter names.
-        offload_initial_weights: Keep layer rotation's initial weights in host memory.
+        initial_weights: Where layer rotation keeps the initial weights: ``"disk"`` (streamed one layer at
+            a time from the file written at the start of training), ``"host"`` or ``"device"``.
     """
 
     def __init__(
@@ -70,15 +78,17 @@ class DynamicsCallback(TrainerCallback):
         metrics: str | Iterable[str] = METRIC_NAMES,
         every_n_steps: int = DEFAULT_EVERY_N_STEPS,
         layers: str = "weights",
-        offload_initial_weights: bool = False,
+        initial_weights: str = "disk",
     ):
         self.metrics = normalize_metric_names(metrics, "metrics")
         self.every_n_steps = validate_every_n_steps(every_n_steps, "every_n_steps")
         validate_layer_selection(layers, "layers")
         self.layers = layers
-        if not isinstance(offload_initial_weights, bool):
-            raise ValueError(f"`offload_initial_weights` must be True or False, got {offload_initial_weights!r}")
-        self.offload_initial_weights = offload_initial_weights
+        if initial_weights not in INITIAL_WEIGHTS_STORAGE:
+            raise ValueError(
+                f"`initial_weights` must be one of {list(INITIAL_WEIGHTS_STORAGE)}, got {initial_weights!r}"
+            )
+        self.initial_weights = initial_weights
         #: One compact entry per measurement: step, epoch and the global values.
         self.history: list[dict[str, Any]] = []
         #: Called with the values to log at a measured step (``Trainer.log`` when attached).
@@ -90,7 +100,7 @@ class DynamicsCallback(TrainerCallback):
         #: Extra fields written into every jsonl record (e.g. the number of augmented copies).
         self.record_fields: dict[str, Any] = {}
         self.selection: LayerSelection | None = None
-        self._initial: dict[str, torch.Tensor] | None = None
+        self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
         self._pending: dict[str, MetricResult | None] = {}
         self._confusion: tuple[int, MetricResult] | None = None
@@ -103,7 +113,7 @@ class DynamicsCallback(TrainerCallback):
             metrics=getattr(args, "dynamics_metrics", METRIC_NAMES),
             every_n_steps=getattr(args, "dynamics_every_n_steps", DEFAULT_EVERY_N_STEPS),
             layers=getattr(args, "dynamics_layers", "weights"),
-            offload_initial_weights=getattr(args, "dynamics_offload_initial_weights", False),
+            initial_weights=getattr(args, "dynamics_initial_weights", "disk"),
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
@@ -191,12 +201,8 @@ class DynamicsCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if not os.path.isdir(folder):
             return
-        tensors = {
-            name: g.detach().to("cpu").contiguous()
-            for name, g in zip(self.selection.names, self._snapshot[1])
-            if g is not None
-        }
-        _save_safetensors(tensors, os.path.join(folder, GRAD_SNAPSHOT_FILE), {"step": str(self._snapshot[0])})
+        tensors = [(name, g) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None]
+        write_tensors(os.path.join(folder, GRAD_SNAPSHOT_FILE), tensors, {"step": str(self._snapshot[0])})
 
     def on_train_end(self, args, state, control, **kwargs):
         self._snapshot = None
@@ -250,7 +256,7 @@ class DynamicsCallback(TrainerCallback):
                 "metrics": list(self.metrics),
                 "every_n_steps": self.every_n_steps,
                 "layers": self.layers,
-                "offload_initial_weights": self.offload_initial_weights,
+                "initial_weights": self.initial_weights,
             },
             "attributes": {
                 "history": list(self.history),
@@ -278,49 +284,44 @@ class DynamicsCallback(TrainerCallback):
         folder = self.resume_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         snapshot_path = os.path.join(folder, GRAD_SNAPSHOT_FILE)
         if "gradient_predictability" in self.metrics and os.path.isfile(snapshot_path):
-            from safetensors import safe_open
-
-            with safe_open(snapshot_path, framework="pt") as f:
-                step = int(f.metadata().get("step", "-1"))
-                stored = {k: f.get_tensor(k) for k in f.keys()}
+            stored = TensorFile(snapshot_path)
+            step = int(stored.metadata.get("step", "-1"))
             params = self.selection.parameters
             self._snapshot = (
                 step,
                 [stored[n].to(p.device) if n in stored else None for n, p in params.items()],
             )
 
-    def _initial_device(self, param: torch.Tensor) -> torch.device:
-        return torch.device("cpu") if self.offload_initial_weights else param.device
-
-    def _take_initial(self, args, state) -> dict[str, torch.Tensor]:
-        initial = {
-            name: p.detach().to(self._initial_device(p), copy=True) for name, p in self.selection.parameters.items()
-        }
+    def _take_initial(self, args, state) -> Mapping[str, torch.Tensor]:
+        path = os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE)
+        params = self.selection.parameters
         if state.is_world_process_zero:
+            # Written at every start: "disk" reads it at each measurement, a resumed run reloads it.
             os.makedirs(args.output_dir, exist_ok=True)
-            _save_safetensors(
-                {name: t.to("cpu").contiguous() for name, t in initial.items()},
-                os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE),
-                {"layers": self.layers},
-            )
-        return initial
+            write_tensors(path, params.items(), {"layers": self.layers})
+        _barrier()  # the other ranks read the file the main process wrote
+        if self.initial_weights == "disk":
+            return TensorFile(path, devices={name: p.device for name, p in params.items()})
+        return {name: p.detach().to(self._initial_device(p), copy=True) for name, p in params.items()}
 
-    def _load_initial(self, args) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+    def _initial_device(self, param: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self.initial_weights == "host" else param.device
 
+    def _load_initial(self, args) -> Mapping[str, torch.Tensor]:
         path = os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Resuming with layer_rotation needs the initial weights saved at the start of the run, {path}; "
                 "it is missing (was the run started with layer_rotation off, or in another output_dir?)."
             )
-        stored = load_file(path)
-        missing = [n for n in self.selection.parameters if n not in stored]
+        params = self.selection.parameters
+        stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
+        missing = [n for n in params if n not in stored]
         if missing:
             raise ValueError(f"{path} lacks the initial weights of {missing[:3]} (layer selection changed on resume?)")
-        return {
-            n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in self.selection.parameters.items()
-        }
+        if self.initial_weights == "disk":
+            return stored
+        return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in params.items()}
 
     def _prepare_jsonl(self, args, keep_up_to_step: int) -> None:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -346,9 +347,8 @@ class DynamicsCallback(TrainerCallback):
             f.flush()
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+def _barrier() -> None:
+    import torch.distributed as dist
 
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

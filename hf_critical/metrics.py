@@ -216,18 +216,30 @@ def layer_rotation(
     """Layer rotation: ``1 - cos(theta_0, theta_t)`` per layer (Carbonnelle & De Vleeschouwer, 2019).
 
     ``value`` is the unweighted mean over layers; ``extra["weighted_mean"]`` weights each layer by
-    its number of parameters.
+    its number of parameters. ``initial`` is read one layer at a time (it may be a
+    :class:`~hf_critical.weights_file.TensorFile` that reads each layer from disk when indexed), and
+    each initial tensor is moved to its current tensor's device, not the other way round.
     """
     skipped = _empty_skips()
-    names = _present_names([initial, current], skipped)
+    names: list[str] = []
+    stats: list[torch.Tensor] = []
+    for name in list(dict.fromkeys([*current, *initial])):
+        theta_t = current[name] if name in current else None
+        theta_0 = initial[name] if name in initial and theta_t is not None else None
+        if theta_t is None or theta_0 is None:
+            skipped["missing"] += 1
+            continue
+        if theta_0.shape != theta_t.shape:
+            raise ValueError(f"layer {name!r}: initial shape {tuple(theta_0.shape)} != current {tuple(theta_t.shape)}")
+        flat_t = _as_float32(theta_t)
+        flat_0 = _as_float32(theta_0).to(flat_t.device)
+        stats.append(torch.stack([torch.dot(flat_t, flat_0), torch.dot(flat_0, flat_0), torch.dot(flat_t, flat_t)]))
+        names.append(name)
     if not names:
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
-    init = [initial[n] for n in names]
-    cur = [current[n] for n in names]
-    # Current weights first: initial weights kept in host memory move to the weights' device, not back.
-    _, cosines = _pair_cosines(
-        names, dot_products(cur, init).tolist(), squared_norms(init).tolist(), squared_norms(cur).tolist(), skipped
-    )
+    values = torch.stack([s.to(stats[0].device) for s in stats]).tolist()  # one host synchronisation
+    dots, sq_init, sq_cur = ([row[i] for row in values] for i in range(3))
+    _, cosines = _pair_cosines(names, dots, sq_init, sq_cur, skipped)
     per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}
     if not per_layer:
         return MetricResult(None, per_layer, skipped, {"weighted_mean": None})

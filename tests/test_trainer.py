@@ -334,7 +334,7 @@ def test_resume_reproduces_the_uninterrupted_metrics(tmp_path):
         ({"dynamics_every_n_steps": True}, "dynamics_every_n_steps"),
         ({"dynamics_layers": "(unclosed"}, "dynamics_layers"),
         ({"dynamics_layers": ""}, "dynamics_layers"),
-        ({"dynamics_offload_initial_weights": "yes"}, "dynamics_offload_initial_weights"),
+        ({"dynamics_initial_weights": "gpu"}, "dynamics_initial_weights"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_field(tmp_path, overrides, field):
@@ -388,3 +388,18 @@ def test_vit_resume_restores_weights_saved_under_legacy_names(tmp_path):
     resumed = CriticalPeriodTrainer(model=tiny_vit(seed=7), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
     assert _max_param_diff(resumed.model, full.model) < 1e-6
+
+
+@pytest.mark.parametrize("storage", ["disk", "host", "device"])
+def test_initial_weights_storage_gives_the_same_rotation(tmp_path, storage):
+    trainer = _train(
+        tiny_bert(), text_dataset(), tmp_path, dynamics_every_n_steps=2, dynamics_initial_weights=storage,
+        dynamics_metrics=["layer_rotation"],
+    )
+    values = [e["dynamics/layer_rotation"] for e in dynamics_entries(trainer.state.log_history)]
+    reference = _train(
+        tiny_bert(), text_dataset(), tmp_path / "ref", dynamics_every_n_steps=2, dynamics_metrics=["layer_rotation"],
+        dynamics_initial_weights="device",
+    )
+    expected = [e["dynamics/layer_rotation"] for e in dynamics_entries(reference.state.log_history)]
+    assert len(values) == 3 and values == pytest.approx(expected, rel=1e-6)
