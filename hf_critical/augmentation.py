@@ -10,7 +10,7 @@ the collator and have already collated a few batches ahead. Two mechanisms make 
 
 * the flag lives in a one-byte tensor in shared memory (``share_memory_()``), so ``switch()`` in the
   main process is seen by every worker (fork or spawn, persistent or not) at its next batch;
-* a batch collated with several rows per sample also carries its post-switch form under
+* a batch collated before the switch also carries its post-switch form under
   ``"hf_critical_single"``, so a batch prefetched before the switch can be used at the switch step
   without collating it again.
 
@@ -20,9 +20,10 @@ Reserved keys (the trainer pops them before the model sees the batch):
 key                                 value
 ==================================  ===========================================================
 ``hf_critical_rows_per_sample``     python int: rows per sample in *this* batch (k, or 1).
-``hf_critical_single``              only when rows per sample > 1: a dict with the batch as it
-                                    must look after the switch, one row per sample (model inputs
-                                    and labels only, no reserved keys).
+``hf_critical_single``              when the batch differs from its post-switch form (rows per
+                                    sample > 1, or one augmented copy before a switch to clean):
+                                    the batch as it must look after the switch, one row per
+                                    sample (model inputs and labels only, no reserved keys).
 ``hf_critical_augment_on_device``   only from `ImageAugmentationCollator` with ``on_device=True``:
                                     the batch is clean; call ``augment_batch`` on the device.
 ==================================  ===========================================================
