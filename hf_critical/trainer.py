@@ -13,6 +13,12 @@ What it does that a callback cannot:
   steps. This trainer lets every model return its own per-batch mean and weights each
   micro-batch by its share of the step's items, which gives the mean over the whole step for
   every accumulation setting.
+* **The switch from k copies to one at an exact step.** With an hf_critical augmentation
+  collator, each step's batches get the current number of rows per sample as they are taken
+  from the DataLoader (a batch prefetched before the switch is replaced by its one-copy view),
+  and images marked for on-device augmentation are augmented in `training_step`.
+* **Resume of models saved under renamed keys** (e.g. ViT in transformers 5), which the
+  Trainer's own resume silently leaves at their current values.
 """
 
 from __future__ import annotations
