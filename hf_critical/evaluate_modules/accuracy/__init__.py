@@ -1,0 +1,1 @@
+"""The accuracy metric module; see accuracy.py. This file makes setuptools ship the folder."""

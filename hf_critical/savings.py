@@ -1,0 +1,196 @@
+"""What cutting augmentation at the critical period saved: measured per-step work, and the counterfactual.
+
+`TrainingCostCallback` **measures**, for every optimizer step, the training rows the model
+received (a forward pre-hook, so k augmented copies count k times) and the step's wall time.
+`compute_savings` then **derives** what a run that kept k copies to the end would have cost:
+
+* rows without the switch = rows up to the switch + rows after it x (copies before / copies after):
+  exact for the rows, since the same samples would have been drawn;
+* train time without the switch = measured train time + steps after the switch x (median step time
+  before the switch - median step time after it): an estimate (a k-copy step costs less than k clean
+  steps: fixed per-step costs);
+* energy without the switch = measured energy x (time without / time with): an estimate that
+  assumes the same average power.
+
+`estimate_cost` turns hours and kWh into money at prices the user gives. Nothing here guesses a price.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+__all__ = ["COST_STATE_KEY", "TrainingCostCallback", "compute_savings", "estimate_cost"]
+
+#: Key of the callback's state in `TrainerState.stateful_callbacks` (saved inside trainer_state.json).
+COST_STATE_KEY = "hf_critical.TrainingCostCallback"
+
+
+def _rows_of(args: tuple, kwargs: Mapping[str, Any]) -> int:
+    for value in (*kwargs.values(), *args):
+        if torch.is_tensor(value) and value.dim() > 0:
+            return int(value.shape[0])
+    return 0
+
+
+class TrainingCostCallback(TrainerCallback):
+    """Records ``{"step", "rows", "seconds"}`` for every optimizer step in ``steps``.
+
+    ``rows``: rows of all training forward passes of the step (every micro-batch; with
+    gradient-confusion half-batches, both halves), counted on this process. ``seconds``: wall time
+    from the end of the previous step's logging/evaluation/saving (or from the start of training)
+    to the end of this step, so data loading and collation are included and evaluation is not.
+    The record survives a resume from a checkpoint.
+    """
+
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+        self._rows = 0
+        self._mark: float | None = None
+        self._hook = None
+
+    def state(self) -> dict[str, Any]:
+        return {"steps": [dict(s) for s in self.steps]}
+
+    def _count(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled():
+            self._rows += _rows_of(args, kwargs)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(COST_STATE_KEY) if state.global_step > 0 else None
+        self.steps = [s for s in saved["steps"] if s["step"] <= state.global_step] if saved else []
+        self._rows = 0
+        if self._hook is not None:
+            self._hook.remove()
+        if model is not None:
+            self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self._mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        seconds = now - self._mark if self._mark is not None else float("nan")
+        self.steps.append({"step": state.global_step, "rows": self._rows, "seconds": seconds})
+        self._rows = 0
+        self._mark = now
+        if control.should_save:
+            state.stateful_callbacks[COST_STATE_KEY] = self.state()
+
+    def _restart_clock(self, *args, **kwargs):
+        # Logging, evaluation and checkpointing run between steps: not part of the next step.
+        self._mark = time.perf_counter()
+
+    on_log = on_evaluate = on_save = _restart_clock
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+def _median(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v == v]  # drop NaN
+    return float(statistics.median(values)) if values else None
+
+
+def compute_savings(
+    steps: Sequence[Mapping[str, float]],
+    switch_step: int | None,
+    copies_before: int,
+    copies_after: int = 1,
+    train_seconds: float | None = None,
+    train_energy_kwh: float | None = None,
+) -> dict[str, Any]:
+    """Measured work of a run and the derived cost of the same run without the switch.
+
+    Args:
+        steps: `TrainingCostCallback.steps`.
+        switch_step: the optimizer step at which the critical period ended (steps after it train on
+            ``copies_after`` rows per sample); None if it never ended.
+        copies_before, copies_after: rows per sample before / after the switch.
+        train_seconds: measured train time (e.g. the Trainer's ``train_runtime``).
+        train_energy_kwh: measured (or codecarbon-estimated) energy of training.
+
+    Returns a dict with ``measured`` and ``derived`` parts; see the module docstring.
+    """
+    for name, value in (("copies_before", copies_before), ("copies_after", copies_after)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+    if switch_step is not None and (isinstance(switch_step, bool) or not isinstance(switch_step, int) or switch_step < 0):
+        raise ValueError(f"`switch_step` must be None or an int >= 0, got {switch_step!r}")
+    switched = switch_step is not None
+    before = [s for s in steps if not switched or s["step"] <= switch_step]
+    after = [s for s in steps if switched and s["step"] > switch_step]
+    rows_before = int(sum(s["rows"] for s in before))
+    rows_after = int(sum(s["rows"] for s in after))
+    rows_with = rows_before + rows_after
+    rows_without = rows_before + round(rows_after * copies_before / copies_after)
+
+    # The first step also pays for start-up (workers, allocations): leave it out of the typical step time.
+    timed_before = before[1:] if len(before) > 1 else before
+    median_before = _median([s["seconds"] for s in timed_before])
+    median_after = _median([s["seconds"] for s in after])
+    seconds_without = None
+    if train_seconds is not None:
+        if not after:
+            seconds_without = float(train_seconds)
+        elif median_before is not None and median_after is not None:
+            seconds_without = float(train_seconds) + len(after) * (median_before - median_after)
+    energy_without = None
+    if train_energy_kwh is not None and seconds_without is not None and train_seconds:
+        energy_without = float(train_energy_kwh) * seconds_without / float(train_seconds)
+
+    def saved(without: float | None, with_: float | None) -> tuple[float | None, float | None]:
+        if without is None or with_ is None:
+            return None, None
+        return without - with_, ((without - with_) / without if without else 0.0)
+
+    rows_saved, rows_saved_fraction = saved(rows_without, rows_with)
+    seconds_saved, seconds_saved_fraction = saved(seconds_without, train_seconds)
+    energy_saved, energy_saved_fraction = saved(energy_without, train_energy_kwh)
+    return {
+        "measured": {
+            "optimizer_steps_recorded": len(steps),
+            "steps_before_switch": len(before),
+            "steps_after_switch": len(after),
+            "copies_before_switch": copies_before,
+            "copies_after_switch": copies_after,
+            "train_rows": rows_with,
+            "train_rows_before_switch": rows_before,
+            "train_rows_after_switch": rows_after,
+            "median_step_seconds_before_switch": median_before,
+            "median_step_seconds_after_switch": median_after,
+            "train_seconds": None if train_seconds is None else float(train_seconds),
+            "train_energy_kwh": None if train_energy_kwh is None else float(train_energy_kwh),
+        },
+        "derived": {
+            "train_rows_without_switch": rows_without,
+            "train_rows_saved": rows_saved,
+            "train_rows_saved_fraction": rows_saved_fraction,
+            "train_seconds_without_switch_estimate": seconds_without,
+            "train_seconds_saved_estimate": seconds_saved,
+            "train_seconds_saved_fraction_estimate": seconds_saved_fraction,
+            "train_energy_kwh_without_switch_estimate": energy_without,
+            "train_energy_kwh_saved_estimate": energy_saved,
+            "train_energy_saved_fraction_estimate": energy_saved_fraction,
+        },
+    }
+
+
+def estimate_cost(
+    seconds: float | None,
+    energy_kwh: float | None = None,
+    price_per_hour: float | None = None,
+    price_per_kwh: float | None = None,
+) -> dict[str, float | None]:
+    """Money at the user's prices: machine time (``price_per_hour``) and electricity (``price_per_kwh``)."""
+    for name, value in (("price_per_hour", price_per_hour), ("price_per_kwh", price_per_kwh)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"`{name}` must be None or a number >= 0, got {value!r}")
+    machine = None if price_per_hour is None or seconds is None else float(seconds) / 3600.0 * price_per_hour
+    electricity = None if price_per_kwh is None or energy_kwh is None else float(energy_kwh) * price_per_kwh
+    return {"machine_cost": machine, "electricity_cost": electricity}

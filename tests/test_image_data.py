@@ -1,0 +1,66 @@
+"""Offline image data: digits and npz loaders, the seeded split, and the pixel transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hf_critical.image_data import (
+    ImageTransform,
+    load_npz_images,
+    load_sklearn_digits,
+    normalized_value_range,
+    split_train_validation,
+)
+
+
+def test_digits_and_a_seeded_split():
+    digits = load_sklearn_digits()
+    assert len(digits) == 1797 and digits.features["label"].names == [str(i) for i in range(10)]
+    image = np.asarray(digits[0]["image"])
+    assert image.shape == (8, 8, 1) and 0.0 <= image.min() and image.max() <= 1.0
+    train, held_out = split_train_validation(digits, 297, seed=0)
+    assert (len(train), len(held_out)) == (1500, 297)
+    again, _ = split_train_validation(digits, 297, seed=0)
+    assert train["label"][:50] == again["label"][:50]
+    assert len(split_train_validation(digits, 0.1, seed=0)[1]) == 180
+    with pytest.raises(ValueError, match="leaves no training data"):
+        split_train_validation(digits, 1797, seed=0)
+
+
+def test_npz_images(tmp_path):
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.zeros((4, 6, 6, 3), dtype=np.uint8), y=np.array([0, 2, 1, 2]), class_names=np.array(["a", "b", "c"]))
+    data = load_npz_images(path)
+    assert data.features["label"].names == ["a", "b", "c"] and data["label"] == [0, 2, 1, 2]
+    np.savez(tmp_path / "labels.npz", x=np.zeros((2, 4, 4), dtype=np.uint8), y=np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"labels\.npz: 'y' must hold one integer label per image"):
+        load_npz_images(tmp_path / "labels.npz")
+    np.savez(tmp_path / "names.npz", x=np.zeros((2, 4, 4), dtype=np.uint8), y=np.array([0, 3]), class_names=np.array(["a"]))
+    with pytest.raises(ValueError, match=r"label 3 has no entry in 'class_names'"):
+        load_npz_images(tmp_path / "names.npz")
+    np.savez(tmp_path / "range.npz", x=np.full((1, 4, 4), 3.0), y=np.array([0]))
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\]"):
+        load_npz_images(tmp_path / "range.npz")
+
+
+def test_transform_scales_resizes_and_normalises():
+    grey = np.full((4, 4), 255, dtype=np.uint8)
+    transform = ImageTransform((8, 8), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], num_channels=3)
+    out = transform({"image": [grey], "label": [1]})
+    assert out["labels"] == [1]
+    pixels = out["pixel_values"][0]
+    assert pixels.shape == (3, 8, 8) and torch.allclose(pixels, torch.full((3, 8, 8), 2.0))
+    rgb = np.zeros((2, 2, 3), dtype=np.float32)
+    rgb[..., 0] = 1.0  # pure red -> luma 0.299
+    to_grey = ImageTransform((2, 2), mean=None, std=None, num_channels=1)({"image": [rgb]})
+    assert torch.allclose(to_grey["pixel_values"][0], torch.full((1, 2, 2), 0.299))
+    with pytest.raises(ValueError, match="`mean` and `std` need 1 values each"):
+        ImageTransform((2, 2), mean=[0.5, 0.5, 0.5], std=[0.5] * 3, num_channels=1)
+
+
+def test_normalized_value_range():
+    assert normalized_value_range([0.5], [0.5]) == (-1.0, 1.0)
+    low, high = normalized_value_range([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert low == pytest.approx(-0.485 / 0.229) and high == pytest.approx((1 - 0.406) / 0.225)
