@@ -77,18 +77,18 @@ def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def squared_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Squared L2 norm of each tensor, as one float32 tensor (no host synchronisation).
+    """Squared L2 norm of each tensor in float32, as one tensor (no host synchronisation).
 
-    Tensors may live on different devices; the result lives on the first tensor's device.
+    One fused ``torch._foreach_norm`` call per device (per-tensor kernels, float32 accumulation for
+    low-precision tensors); the result lives on the first tensor's device.
     """
     if not tensors:
         return torch.zeros(0)
     device = tensors[0].device
-    out = []
-    for t in tensors:
-        flat = _as_float32(t)
-        out.append(torch.dot(flat, flat).to(device))
-    return torch.stack(out)
+    if all(t.device == device for t in tensors):
+        norms = torch._foreach_norm([t.detach() for t in tensors], 2, dtype=torch.float32)
+        return torch.stack(norms).square()
+    return torch.stack([_self_dot(t).to(device) for t in tensors])
 
 
 def dot_products(first: Sequence[torch.Tensor], second: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -233,12 +233,13 @@ def layer_rotation(
             raise ValueError(f"layer {name!r}: initial shape {tuple(theta_0.shape)} != current {tuple(theta_t.shape)}")
         flat_t = _as_float32(theta_t)
         flat_0 = _as_float32(theta_0).to(flat_t.device)
-        stats.append(torch.stack([torch.dot(flat_t, flat_0), torch.dot(flat_0, flat_0), torch.dot(flat_t, flat_t)]))
+        stats.append(torch.stack([torch.dot(flat_t, flat_0), torch.dot(flat_0, flat_0)]))
         names.append(name)
     if not names:
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
-    values = torch.stack([s.to(stats[0].device) for s in stats]).tolist()  # one host synchronisation
-    dots, sq_init, sq_cur = ([row[i] for row in values] for i in range(3))
+    sq_current = squared_norms([current[n] for n in names])  # one fused call for the current weights
+    values = torch.cat([torch.stack([s.to(stats[0].device) for s in stats]), sq_current.to(stats[0].device)[:, None]], 1)
+    dots, sq_init, sq_cur = ([row[i] for row in values.tolist()] for i in range(3))  # one host synchronisation
     _, cosines = _pair_cosines(names, dots, sq_init, sq_cur, skipped)
     per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}
     if not per_layer:
@@ -274,7 +275,9 @@ class PairwiseGradientCosines:
         if len(grads) != len(self.names):
             raise ValueError(f"expected {len(self.names)} gradient tensors, got {len(grads)}")
         index = len(self._grads)
-        self._sq_norms.append([None if g is None else _self_dot(g) for g in grads])
+        present = [g for g in grads if g is not None]
+        norms = iter(squared_norms(present).unbind() if present else ())
+        self._sq_norms.append([None if g is None else next(norms) for g in grads])
         for earlier, previous in enumerate(self._grads):
             self._dots[(earlier, index)] = [
                 None if a is None or b is None else _pair_dot(a, b) for a, b in zip(previous, grads)

@@ -564,7 +564,7 @@ def test_cosines_clamp_to_unit_interval() -> None:
         assert result.value >= -1.0
         assert result.per_layer["x"] == -1.0
     rotation = layer_rotation(same, scaled)
-    assert rotation.per_layer["x"] == 0.0
+    assert 0.0 <= rotation.per_layer["x"] < 1e-7  # float32 rounding, never negative
     assert all(r >= 0.0 for r in rotation.per_layer.values())
 
 
