@@ -3,6 +3,9 @@
 * ``sklearn_digits``: scikit-learn's 1,797 8x8 digits (ships with scikit-learn), split with a seed.
 * ``.npz`` files with ``x`` (N, H, W, C) or (N, H, W) images and ``y`` labels, optionally
   ``class_names`` (the CIFAR-10 files of this project's benchmark data have this layout).
+* image folders, one sub-folder per class (``train/cat/1.png``), through datasets' ``imagefolder``
+  builder, as transformers' ``run_image_classification.py`` reads ``--train_dir``; the ``image``
+  column then holds PIL images.
 
 Every loader returns `datasets.Dataset` objects with an ``image`` column (uint8 in [0, 255] or
 float in [0, 1], H x W x C) and a ``label`` column (`datasets.ClassLabel`). `ImageTransform`
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "SKLEARN_DIGITS",
     "ImageTransform",
+    "load_image_folder",
     "load_npz_images",
     "load_sklearn_digits",
     "normalized_value_range",
@@ -84,6 +88,54 @@ def load_npz_images(path: str | os.PathLike):
     else:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
     return _images_dataset(images, labels, class_names)
+
+
+def load_image_folder(train_dir: str | os.PathLike, validation_dir: str | os.PathLike | None = None, cache_dir=None):
+    """(train, validation or None) from folders laid out as ``<dir>/<class name>/<image file>``.
+
+    Class names are the sub-folder names (sorted, the same `datasets.ClassLabel` in both splits).
+    Raises a `ValueError` for a missing or empty folder, images outside class sub-folders, fewer than
+    two classes, or validation classes that have no training images.
+    """
+    from datasets import load_dataset
+
+    folders = {"train": os.fspath(train_dir)}
+    if validation_dir is not None:
+        folders["validation"] = os.fspath(validation_dir)
+    for split, folder in folders.items():
+        if not os.path.isdir(folder):
+            raise ValueError(f"{folder}: no such folder (the {split} images, one sub-folder per class)")
+    data_files = {split: os.path.join(folder, "**") for split, folder in folders.items()}
+    try:
+        splits = load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+    except ValueError as err:
+        if "corresponds to no data" not in str(err) and "is empty" not in str(err):
+            raise
+        raise ValueError(
+            f"no images found in {' or '.join(folders.values())}: expected <folder>/<class name>/<image file> "
+            f"({err})"
+        ) from None
+    for split, folder in folders.items():
+        if split not in splits or len(splits[split]) == 0:
+            raise ValueError(f"{folder}: no images found (expected {folder}/<class name>/<image file>)")
+    train = splits["train"]
+    if "label" not in train.column_names or len(train.features["label"].names) < 2:
+        raise ValueError(
+            f"{' and '.join(folders.values())}: the images must lie in one sub-folder per class, at least two classes and no "
+            f"images beside the class folders (<folder>/<class name>/<image file>); datasets' imagefolder found "
+            f"no labels in it"
+        )
+    if "validation" not in splits:
+        return train, None
+    validation = splits["validation"]
+    names = train.features["label"].names
+    untrained = sorted(set(validation["label"]) - set(train["label"]))
+    if untrained:
+        raise ValueError(
+            f"{folders['validation']}: class folder(s) {[names[i] for i in untrained]} have no training images in "
+            f"{folders['train']} (training classes: {[names[i] for i in sorted(set(train['label']))]})"
+        )
+    return train, validation
 
 
 def split_train_validation(dataset, validation_size: float, seed: int):

@@ -15,15 +15,16 @@ Result JSON keys (``critical_period_results.json`` by default):
 key                   content
 ====================  ===========================================================================
 ``method``            how the measured and derived numbers come about
-``run``               what the recipe ran (task, data set, model, sizes)
+``run``               what the recipe ran (task, data set, model, sizes, the metric module used)
 ``critical_period``   the switch step / epoch, detector, copies, metric values; null if no switch
+``k_schedule``        copies per sample over the optimizer steps: ``[{"from_step", "to_step", "copies"}]``
 ``measured``          train time, steps, training rows before/after the switch, step times, energy
 ``derived``           rows / time / energy without the switch (estimates say so), and costs
 ``energy``            codecarbon's report per phase (``train``, ``eval``), each saying what it
                       measured and what it estimated
 ``metrics``           the Trainer's train and eval metrics
 ``arguments``         every argument of the run, secrets redacted
-``environment``       versions, device, world size
+``environment``       software versions, device, world size
 ``notes``             caveats that apply to these numbers
 ====================  ===========================================================================
 """
@@ -56,6 +57,7 @@ __all__ = [
     "environment_secrets",
     "finish_run",
     "is_secret_name",
+    "k_schedule",
     "model_card_section",
     "push_outputs",
     "redact_secrets",
@@ -221,6 +223,21 @@ def _arguments_dict(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Distributions whose versions every results file records (None when one is not installed).
+RECORDED_PACKAGES = (
+    "accelerate", "codecarbon", "datasets", "evaluate", "huggingface_hub", "kornia", "nlpaug", "numpy", "scikit-learn",
+)  # fmt: skip
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _environment(trainer: Any) -> dict[str, Any]:
     import torch
     import transformers
@@ -235,12 +252,26 @@ def _environment(trainer: Any) -> dict[str, Any]:
         "hf_critical": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        **{name: _package_version(name) for name in RECORDED_PACKAGES},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
         "cpu_count": os.cpu_count(),
         "world_size": args.world_size,
     }
+
+
+def k_schedule(total_steps: int, switch_step: int | None, copies_before: int, copies_after: int) -> list[dict[str, int]]:
+    """Copies per sample over optimizer steps ``1..total_steps``: one segment, or two around the switch.
+
+    The step at which the detector fires still trains on ``copies_before``; the next one on ``copies_after``.
+    """
+    if total_steps < 1:
+        return []
+    if switch_step is None or switch_step >= total_steps:
+        return [{"from_step": 1, "to_step": total_steps, "copies": copies_before}]
+    schedule = [{"from_step": 1, "to_step": switch_step, "copies": copies_before}] if switch_step >= 1 else []
+    return schedule + [{"from_step": switch_step + 1, "to_step": total_steps, "copies": copies_after}]
 
 
 def build_results(
@@ -321,6 +352,7 @@ def build_results(
         "method": METHOD,
         "run": dict(run),
         "critical_period": period,
+        "k_schedule": k_schedule(trainer.state.global_step, period["switch_step"] if period else None, copies_before, copies_after),
         "detector": trainer.switch.detector.describe(),
         "measured": measured,
         "derived": derived,
@@ -368,6 +400,13 @@ def summary_lines(results: Mapping[str, Any], paths: Mapping[str, str] | None = 
     for key, value in (results["metrics"].get("eval") or {}).items():
         if key.startswith("eval_") and key not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"):
             lines.append(f"{key:<25}: {value:.4f}" if isinstance(value, float) else f"{key:<25}: {value}")
+    metric = (results.get("run") or {}).get("metric")
+    if metric:
+        name = metric["name"] if metric.get("config_name") is None else f"{metric['name']}/{metric['config_name']}"
+        where = "evaluate's Hub module" if metric["source"] == "hub" else "the copy shipped with hf_critical"
+        if metric["source"] != "hub" and metric.get("hub_error"):
+            where += " (the Hub module did not load)"
+        lines.append(f"{'metric':<25}: {name}, {where}")
     lines.append(
         f"training rows            : {measured['train_rows']:,} measured; {derived['train_rows_without_switch']:,} "
         f"without the switch (derived); saved {_pct(derived['train_rows_saved_fraction'])}"
@@ -402,8 +441,11 @@ def summary_lines(results: Mapping[str, Any], paths: Mapping[str, str] | None = 
     return lines
 
 
-def model_card_section(results: Mapping[str, Any], results_file: str = RESULTS_FILE) -> str:
-    """A Markdown section for the model card: the switch, and the numbers with and without it."""
+def model_card_section(results: Mapping[str, Any], results_file: str = RESULTS_FILE, plot_file: str | None = None) -> str:
+    """A Markdown section for the model card: the switch, the numbers with and without it, emissions, the plot.
+
+    ``plot_file``: the dynamics plot, relative to the card (it is shown in the card when given).
+    """
     measured, derived, period = results["measured"], results["derived"], results["critical_period"]
     k = measured["copies_before_switch"]
     if period is None:
@@ -448,8 +490,25 @@ def model_card_section(results: Mapping[str, Any], results_file: str = RESULTS_F
     energy_notes = dict.fromkeys(
         report["note"] for report in (results.get("energy") or {}).values() if report is not None and report["estimated"]
     )
+    emissions = [
+        (phase, report) for phase, report in (results.get("energy") or {}).items()
+        if report is not None and report.get("emissions_kg") is not None
+    ]  # fmt: skip
+    if emissions:
+        countries = ", ".join(dict.fromkeys(str(report.get("country_iso_code")) for _, report in emissions))
+        estimate = " (ESTIMATE)" if any(report.get("estimated") for _, report in emissions) else ""
+        parts = [
+            f"{phase} {report['emissions_kg']:.6f} kg CO2eq ({_fmt(report.get('energy_kwh'), '.6f', ' kWh')})"
+            for phase, report in emissions
+        ]
+        lines += ["", f"Emissions (codecarbon, electricity mix of {countries}){estimate}: " + "; ".join(parts) + "."]
     if energy_notes:
         lines += ["", "Energy: " + " ".join(energy_notes)]
+    if plot_file:
+        lines += [
+            "",
+            f"![Training dynamics over optimizer steps: the metrics, the switch marked, k copies shown]({plot_file})",
+        ]
     lines += ["", f"All numbers: `{results_file}`.", CARD_END, ""]
     return "\n".join(lines)
 
@@ -600,8 +659,9 @@ def finish_run(
     card_kwargs["tags"] = [tags] if isinstance(tags, str) else list(tags)
     card_kwargs["tags"] += [tag for tag in ("hf_critical", "critical-learning-period") if tag not in card_kwargs["tags"]]
     trainer.create_model_card(**card_kwargs)
+    plot_file = os.path.basename(paths["dynamics plot"]) if os.path.isfile(paths["dynamics plot"]) else None
     paths["model card"] = update_model_card(
-        os.path.join(output_dir, "README.md"), model_card_section(results, reporting.results_file)
+        os.path.join(output_dir, "README.md"), model_card_section(results, reporting.results_file, plot_file)
     )
     print(f"\n== hf_critical: {title} ==")
     for line in summary_lines(results, paths):

@@ -9,8 +9,13 @@ Local GLUE files (offline), e.g. SST-2 with the pretrained MiniLM:
         --max_train_samples 2000 --max_seq_length 64 --per_device_train_batch_size 16 --learning_rate 5e-5 \
         --num_train_epochs 3 --augment_copies 4 --detector stability --output_dir outputs/sst2
 
-or ``--dataset_name nyu-mll/glue`` instead of the files when the Hub is reachable, or one JSON file
-holding every argument: ``python recipes/run_glue.py args.json``.
+or ``--dataset_name nyu-mll/glue`` instead of the files when the Hub is reachable, or one YAML or
+JSON file holding every argument: ``python recipes/run_glue.py args.yaml``.
+
+Scores with GLUE's metric for the task through ``evaluate``: the Hub module
+(``evaluate.load("glue", task)``) when it loads, else the copy shipped in
+``hf_critical/evaluate_modules/`` (offline); the log, the summary and the results JSON
+(``run.metric``) say which.
 
 The collator makes k = ``--augment_copies`` (default 4) augmented copies of every training
 sentence (``--text_augmenter default``: keyboard typos, word swaps and deletions from nlpaug)
@@ -29,6 +34,7 @@ Training always runs; evaluation runs on the validation data. GLUE's test splits
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -113,7 +119,9 @@ def parse_arguments(argv: list[str] | None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=argv[0])
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         max_length=max_seq_length,
         seed=training_args.seed,
     )
+    compute_metrics = glue_compute_metrics(task)
     costs = TrainingCostCallback()
     trainer = CriticalPeriodTrainer(
         model=model,
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=collator,
-        compute_metrics=glue_compute_metrics(task),
+        compute_metrics=compute_metrics,
         callbacks=[costs],
     )
 
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "train_examples": len(train_dataset),
             "eval_examples": None if eval_dataset is None else len(eval_dataset),
             "augmenter": repr(collator.augmenter) if data_args.text_augmenter == "default" else "none",
+            "metric": compute_metrics.metric.describe(),
         },
         train_energy=train_energy,
         eval_energy=eval_energy,

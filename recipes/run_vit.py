@@ -9,12 +9,17 @@ scikit-learn's digits, a tiny ViT built from config, offline on a CPU (about a m
         --learning_rate 3e-3 --weight_decay 0.05 --warmup_steps 0.05 --lr_scheduler_type cosine \
         --dynamics_every_n_steps 2 --detector_window 1ep --detector_warmup 2ep --output_dir outputs/vit_digits
 
+The same run from one YAML (or JSON) file holding every argument, as ``make demo`` does:
+``python recipes/run_vit.py recipes/configs/demo_digits.yaml``.
+
 CIFAR-10 from ``.npz`` files (``x`` N x H x W x C uint8, ``y`` labels, optional ``class_names``):
 ``--train_file ../shared/data/cifar10/train_1000_per_class.npz --validation_file ../shared/data/cifar10/test.npz``;
-a pretrained model: ``--model_name_or_path <folder or Hub id>`` (its image processor gives the
-normalisation); a Hub data set: ``--dataset_name <name>`` with ``--image_column_name`` /
-``--label_column_name``. One JSON file holding every argument works too:
-``python recipes/run_vit.py args.json``.
+an image folder, one sub-folder per class (``train/cat/001.png``): ``--train_dir <folder>``
+(``--validation_dir <folder>``, else ``--train_val_split`` is held out); a Hub data set:
+``--dataset_name <name>`` with ``--image_column_name`` / ``--label_column_name``. A pretrained
+model: ``--model_name_or_path <folder or Hub id>`` (its image processor gives the normalisation);
+a small ViT from scratch: ``--config_name vit-digits|vit-cifar|vit-tiny`` (see
+``hf_critical.vit_configs``) or ``--config_overrides``.
 
 Until the detector fires every image gives k = ``--augment_copies`` (default 4) rows augmented
 with ``--augment_policy`` (trivial, rand, crop_flip, affine; by default on the training device);
@@ -31,6 +36,7 @@ codecarbon (estimates on machines without RAPL or a GPU, and the outputs say so)
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -41,7 +47,6 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
-    ViTImageProcessor,
     set_seed,
 )
 
@@ -52,6 +57,7 @@ from hf_critical.evaluation import accuracy_compute_metrics
 from hf_critical.image_data import (
     SKLEARN_DIGITS,
     ImageTransform,
+    load_image_folder,
     load_npz_images,
     load_sklearn_digits,
     normalized_value_range,
@@ -59,6 +65,7 @@ from hf_critical.image_data import (
 )
 from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run
 from hf_critical.savings import TrainingCostCallback
+from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,13 @@ class ModelArguments:
         metadata={"help": "Pretrained model folder or Hub id; leave unset to train a new model from `model_type`."},
     )
     model_type: str = field(default="vit", metadata={"help": "Model type built from config when no model is given."})
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A named small ViT to train from scratch ({', '.join(SMALL_VIT_CONFIGS)}), or a config name or "
+            "path (Hub id or folder): with `model_name_or_path` the config to load it with, else a new model's config."
+        },
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "Config settings for a new model, e.g. 'patch_size=2,hidden_size=64,num_hidden_layers=4'."},
@@ -88,6 +102,10 @@ class ModelArguments:
     def __post_init__(self):
         if self.model_name_or_path is not None and self.config_overrides is not None:
             raise ValueError("`config_overrides` applies to a new model only: drop it or `model_name_or_path`")
+        if self.model_name_or_path is not None and self.config_name in SMALL_VIT_CONFIGS:
+            raise ValueError(
+                f"`config_name` {self.config_name!r} names a small ViT trained from scratch: drop it or `model_name_or_path`"
+            )
 
 
 @dataclass
@@ -98,6 +116,12 @@ class DataTrainingArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub data set."})
     train_file: str | None = field(default=None, metadata={"help": "Training images: an .npz with 'x' and 'y'."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation images: an .npz with 'x' and 'y'."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Training images in a folder, one sub-folder per class (<dir>/<class>/<image>)."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Validation images in a folder laid out like `train_dir`."}
+    )
     train_val_split: float = field(
         default=0.15,
         metadata={
@@ -117,10 +141,18 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None:
-            raise ValueError(f"`dataset_name` (e.g. '{SKLEARN_DIGITS}') or `train_file` (.npz) is required")
-        if self.dataset_name is not None and self.train_file is not None:
-            raise ValueError("give either `dataset_name` or `train_file`, not both")
+        sources = [name for name in ("dataset_name", "train_file", "train_dir") if getattr(self, name) is not None]
+        if not sources:
+            raise ValueError(
+                f"one of `dataset_name` (e.g. '{SKLEARN_DIGITS}'), `train_file` (.npz) or `train_dir` (an image folder) "
+                "is required"
+            )
+        if len(sources) > 1:
+            raise ValueError(f"give one of `dataset_name`, `train_file` or `train_dir`, not {sources}")
+        if self.validation_file is not None and self.train_file is None:
+            raise ValueError("`validation_file` goes with `train_file` (for an image folder use `validation_dir`)")
+        if self.validation_dir is not None and self.train_dir is None:
+            raise ValueError("`validation_dir` goes with `train_dir`")
         for name in ("train_file", "validation_file"):
             path = getattr(self, name)
             if path is not None and not path.endswith(".npz"):
@@ -146,7 +178,9 @@ def parse_arguments(argv: list[str] | None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=argv[0])
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -158,6 +192,11 @@ def load_splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: i
         train = load_npz_images(data_args.train_file)
         if data_args.validation_file is not None:
             return train, load_npz_images(data_args.validation_file)
+        return split_train_validation(train, _split_size(data_args.train_val_split), seed)
+    if data_args.train_dir is not None:
+        train, validation = load_image_folder(data_args.train_dir, data_args.validation_dir, cache_dir=cache_dir)
+        if validation is not None:
+            return train, validation
         return split_train_validation(train, _split_size(data_args.train_val_split), seed)
     raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
     raw = raw.rename_columns(
@@ -211,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     if model_args.model_name_or_path is not None:
         hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision)
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, finetuning_task="image-classification", **labels, **hub)
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or model_args.model_name_or_path, finetuning_task="image-classification", **labels, **hub
+        )
         model = AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub
         )
@@ -219,7 +260,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     else:
         first = train_dataset[0]["image"]
         height, width, channels = _shape(first)
-        config = AutoConfig.for_model(model_args.model_type, image_size=height, num_channels=channels, **labels)
+        if model_args.config_name in SMALL_VIT_CONFIGS:
+            config = small_vit_config(model_args.config_name, height, channels, **labels)
+        elif model_args.config_name is not None:
+            try:
+                config = AutoConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir, **labels)
+            except OSError as err:
+                raise ValueError(
+                    f"`config_name` {model_args.config_name!r} is neither a small ViT config ({', '.join(SMALL_VIT_CONFIGS)}) "
+                    f"nor a config folder or Hub id that loads ({type(err).__name__}: {str(err)[:200]})"
+                ) from None
+        else:
+            config = AutoConfig.for_model(model_args.model_type, image_size=height, num_channels=channels, **labels)
         if model_args.config_overrides:
             config.update_from_string(model_args.config_overrides)
         if getattr(config, "image_size", height) % getattr(config, "patch_size", 1):
@@ -248,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         seed=training_args.seed,
         value_range=normalized_value_range(mean, std) if mean is not None else (0.0, 1.0),
     )
+    compute_metrics = accuracy_compute_metrics()
     costs = TrainingCostCallback()
     trainer = CriticalPeriodTrainer(
         model=model,
@@ -256,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         eval_dataset=eval_dataset,
         processing_class=image_processor,
         data_collator=collator,
-        compute_metrics=accuracy_compute_metrics(),
+        compute_metrics=compute_metrics,
         callbacks=[costs],
     )
 
@@ -279,31 +332,39 @@ def main(argv: list[str] | None = None) -> dict | None:
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
 
-    data_name = data_args.dataset_name or {"train": data_args.train_file, "validation": data_args.validation_file}
+    if data_args.train_dir is not None:
+        data_name = {"train": data_args.train_dir, "validation": data_args.validation_dir}
+        data_label = "an image folder"
+    elif data_args.train_file is not None:
+        data_name = {"train": data_args.train_file, "validation": data_args.validation_file}
+        data_label = "npz images"
+    else:
+        data_name = data_label = data_args.dataset_name
     return finish_run(
         trainer,
         costs,
-        title=f"{model.config.model_type} on {data_args.dataset_name or 'npz images'}, k={copies} copies, detector {training_args.detector}",
+        title=f"{model.config.model_type} on {data_label}, k={copies} copies, detector {training_args.detector}",
         train_metrics=train_metrics,
         eval_metrics=eval_metrics,
         reporting=reporting_args,
         arguments={"model": model_args, "data": data_args, "reporting": reporting_args, "training": training_args},
         run={
             "recipe": "run_vit",
-            "model": model_args.model_name_or_path or f"{model_args.model_type} from config",
+            "model": model_args.model_name_or_path or f"{model_args.config_name or model_args.model_type} from config",
             "parameters": model.num_parameters(),
             "data": data_name,
             "train_examples": len(train_dataset),
             "eval_examples": len(eval_dataset),
             "image_size": config.image_size,
             "augment_policy": data_args.augment_policy,
+            "metric": compute_metrics.metric.describe(),
         },
         train_energy=train_energy,
         eval_energy=eval_energy,
         model_card_kwargs=dict(
             finetuned_from=model_args.model_name_or_path,
             tasks="image-classification",
-            dataset=data_args.dataset_name or "local npz images",
+            dataset=data_args.dataset_name or f"local {data_label}",
         ),
         push_request=push_request,
     )
@@ -321,7 +382,8 @@ def _shape(image) -> tuple[int, int, int]:
 
 def _new_image_processor(size: int, channels: int):
     """ViT's normalisation (mean 0.5, std 0.5 per channel) at the model's size, for a model trained from scratch."""
-    processor_class = getattr(transformers, "ViTImageProcessorPil", ViTImageProcessor)  # no torchvision needed
+    # The PIL processor needs no torchvision (which this project cannot install beside its CPU torch).
+    processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
     return processor_class(
         size={"height": size, "width": size}, image_mean=[0.5] * channels, image_std=[0.5] * channels
     )

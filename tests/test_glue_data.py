@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -150,3 +151,18 @@ def test_missing_file_and_no_files(tmp_path):
         read_glue_file(tmp_path / "nope.tsv", "sst2")
     with pytest.raises(ValueError, match="no data files given"):
         load_glue_files("sst2", {"train": None})
+
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+
+
+@pytest.mark.parametrize("task, header", [("sst2", True), ("cola", False), ("mrpc", True), ("rte", True)])
+def test_the_project_glue_dev_files_load_as_they_are(task, header):
+    """../shared/data's GLUE TSVs (CoLA without a header, MRPC with a BOM): one row per line."""
+    path = os.path.join(SHARED_DATA, task, "dev.tsv")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not on this machine")
+    with open(path, encoding="utf-8-sig") as f:
+        lines = sum(1 for line in f if line.strip())
+    data = read_glue_file(path, task)
+    assert len(data) == lines - header and set(data["label"]) == {0, 1}

@@ -1,4 +1,4 @@
-"""Offline image data: digits and npz loaders, the seeded split, and the pixel transform."""
+"""Offline image data: digits, npz and image-folder loaders, the seeded split, and the pixel transform."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from hf_critical.image_data import (
     ImageTransform,
+    load_image_folder,
     load_npz_images,
     load_sklearn_digits,
     normalized_value_range,
@@ -64,3 +65,32 @@ def test_normalized_value_range():
     assert normalized_value_range([0.5], [0.5]) == (-1.0, 1.0)
     low, high = normalized_value_range([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     assert low == pytest.approx(-0.485 / 0.229) and high == pytest.approx((1 - 0.406) / 0.225)
+
+
+def write_pngs(folder, count: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.full((4, 4, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_folder_classes_and_bad_layouts(tmp_path):
+    for name in ("cat", "dog"):
+        write_pngs(tmp_path / "train" / name, 3)
+    write_pngs(tmp_path / "val" / "dog", 2)
+    train, validation = load_image_folder(tmp_path / "train", tmp_path / "val")
+    assert train.features["label"].names == ["cat", "dog"] and sorted(train["label"]) == [0, 0, 0, 1, 1, 1]
+    assert validation["label"] == [1, 1] and validation[0]["image"].size == (4, 4)
+    assert load_image_folder(tmp_path / "train")[1] is None
+
+    with pytest.raises(ValueError, match=r"nope: no such folder \(the train images"):
+        load_image_folder(tmp_path / "nope")
+    write_pngs(tmp_path / "one" / "cat", 2)
+    with pytest.raises(ValueError, match="one sub-folder per class, at least two classes"):
+        load_image_folder(tmp_path / "one")
+    write_pngs(tmp_path / "loose", 2)  # images beside the class folders
+    write_pngs(tmp_path / "loose" / "cat", 1)
+    write_pngs(tmp_path / "loose" / "dog", 1)
+    with pytest.raises(ValueError, match="no images beside the class folders"):
+        load_image_folder(tmp_path / "loose")

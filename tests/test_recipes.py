@@ -10,6 +10,7 @@ import sys
 import huggingface_hub
 import numpy as np
 import pytest
+import yaml
 from helpers import sentence_dataset, tiny_bert, tiny_tokenizer, tiny_vit
 
 from hf_critical.reporting import CARD_BEGIN, HubPushError
@@ -60,6 +61,39 @@ def sst2_files(tmp_path_factory):
             f.write("sentence\tlabel\n")
             f.writelines(f"{data['sentence'][i]} \t{data['label'][i]}\n" for i in rows)
     return str(folder / "train.tsv"), str(folder / "dev.tsv")
+
+
+def write_yaml(path, argv: list[str]) -> str:
+    """The ``--name value`` pairs of ``argv`` as a YAML file (values as strings: the parser converts them)."""
+    pairs = dict(zip(argv[::2], argv[1::2]))
+    assert all(name.startswith("--") for name in pairs), argv
+    path.write_text(yaml.safe_dump({name[2:]: typed(value) for name, value in pairs.items()}), encoding="utf-8")
+    return str(path)
+
+
+def typed(value: str):
+    """YAML holds typed values: what the command line would have parsed."""
+    if value in ("true", "false"):
+        return value == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def write_image_folder(root, classes: dict[str, int], size: int = 8, seed: int = 0) -> str:
+    """``root/<class>/<i>.png``: ``count`` RGB PNGs per class, each class a different mean colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.clip(rng.normal(60 + 120 * index, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return str(root)
 
 
 def read_results(output_dir) -> dict:
@@ -117,17 +151,29 @@ def test_run_glue_sst2_writes_everything_then_reports_the_failed_push(
     assert results["run"]["task"] == "sst2" and results["run"]["train_examples"] == 48
     assert results["method"].startswith("measured:")
     assert results["arguments"]["training"]["push_to_hub"] is False  # deferred to the end
+    assert results["k_schedule"] == [{"from_step": 1, "to_step": 3, "copies": 3}, {"from_step": 4, "to_step": 6, "copies": 1}]
+    assert results["critical_period"]["switch_epoch"] == pytest.approx(0.5)  # 6 steps = 1 epoch of 48 / 8
+    assert results["measured"]["train_seconds"] == results["metrics"]["train"]["train_runtime"] > 0
+    assert results["measured"]["train_emissions_kg"] == results["energy"]["train"]["emissions_kg"] > 0
+    assert results["energy"]["train"]["country_iso_code"] == "FRA"
+    assert results["arguments"]["data"]["task_name"] == "sst2" and results["arguments"]["training"]["max_steps"] == 6
+    assert {"hf_critical", "torch", "transformers", "datasets", "evaluate", "codecarbon"} <= set(results["environment"])
+    assert results["run"]["metric"]["name"] == "glue" and results["run"]["metric"]["config_name"] == "sst2"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:  # `make test`: the Hub module cannot load, the shipped copy scores
+        assert results["run"]["metric"]["source"] == "local" and results["run"]["metric"]["hub_error"]
 
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "base_model:" in card and "hf_critical" in card and card.count(CARD_BEGIN) == 1
     assert "| training rows (measured; derived) | 96 | 144 | 33.3 % |" in card
+    assert "](dynamics.png)" in card and "Emissions (codecarbon, electricity mix of FRA)" in card
     assert (out / "dynamics.png").stat().st_size > 0 and (out / "model.safetensors").exists()
     assert not (tmp_path / "emissions.csv").exists()
 
     printed = capsys.readouterr().out
     assert "critical period ended    : step 3 of 6 (epoch 0.50), fixed(step=3); 3 -> 1 copies" in printed
     assert "training rows            : 96 measured; 144 without the switch (derived); saved 33.3 %" in printed
-    assert "eval_accuracy            : " in printed and "train energy (" in printed
+    assert "eval_accuracy            : " in printed and "train energy (" in printed and "kg CO2eq" in printed
+    assert "metric                   : glue/sst2, " in printed
     for token in (ARG_TOKEN, ENV_TOKEN):
         assert files_containing(out, token) == [], f"{token} written to disk"
         assert token not in printed
@@ -151,6 +197,8 @@ def test_run_glue_pair_and_regression_tasks(run_glue, bert_folder, tmp_path, tas
         "--validation_file", str(train), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--augment_copies", "2", "--track_energy", "false", *extra, *COMMON,
     ]  # fmt: skip
+    if task == "stsb":  # the same arguments from a YAML file
+        argv = [write_yaml(tmp_path / "args.yaml", argv)]
     results = run_glue.main(argv)
     expected = {"mrpc": {"eval_accuracy", "eval_f1", "eval_combined_score"}, "stsb": {"eval_pearson", "eval_spearmanr"}}
     assert set(results["metrics"]["eval"]) >= expected[task]
@@ -163,6 +211,20 @@ def test_run_glue_rejects_bad_input(run_glue, bert_folder, sst2_files, tmp_path)
     base = ["--model_name_or_path", bert_folder, "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
     with pytest.raises(ValueError, match="`task_name` must be one of"):
         run_glue.main([*base, "--task_name", "sst5", "--train_file", sst2_files[0]])
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("sentence\tlabel\na good film\t1\na bad film\t2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels\.tsv: line 3: label 2 is not in the sst2 label set"):
+        run_glue.main([*base, "--task_name", "sst2", "--train_file", str(labels), "--track_energy", "false"])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
+        run_glue.main([*base, "--task_name", "sst2", "--train_file", sst2_files[0], "--validation_file", str(empty),
+                       "--track_energy", "false"])  # fmt: skip
+    typo = write_yaml(tmp_path / "typo.yaml", [*base, "--task_name", "sst2", "--train_file", sst2_files[0]])
+    with open(typo, "a", encoding="utf-8") as f:
+        f.write("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        run_glue.main([typo])
     with pytest.raises(ValueError, match="would train on 4 identical copies"):
         run_glue.main([*base, "--task_name", "sst2", "--train_file", sst2_files[0], "--text_augmenter", "none"])
     with pytest.raises(ValueError, match=r"train\.tsv: missing column\(s\) \['sentence1', 'sentence2'\]"):
@@ -178,6 +240,7 @@ def test_run_vit_on_sklearn_digits_from_config(run_vit, tmp_path, capsys):
     out = tmp_path / "digits"
     argv = [
         "--dataset_name", "sklearn_digits", "--train_val_split", "1597", "--max_eval_samples", "64",
+        "--config_name", "vit-digits",  # made smaller still for the test:
         "--config_overrides", "patch_size=4,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=24",
         "--augment_policy", "affine", "--augment_copies", "2", "--num_train_epochs", "2",
         "--per_device_train_batch_size", "50", "--learning_rate", "3e-3", "--detector", "fixed",
@@ -185,7 +248,7 @@ def test_run_vit_on_sklearn_digits_from_config(run_vit, tmp_path, capsys):
     ]  # fmt: skip
     results = run_vit.main(argv)
     assert results["run"]["train_examples"] == 200 and results["run"]["eval_examples"] == 64
-    assert results["run"]["image_size"] == 8 and results["run"]["model"] == "vit from config"
+    assert results["run"]["image_size"] == 8 and results["run"]["model"] == "vit-digits from config"
     assert results["critical_period"]["switch_step"] == 4  # 4 steps per epoch
     assert results["measured"]["train_rows"] == 200 * 2 + 200
     assert results["derived"]["train_rows_without_switch"] == 800
@@ -225,10 +288,46 @@ def test_run_vit_pretrained_folder_npz_files_and_json_arguments(run_vit, tmp_pat
     assert saved["id2label"] == {"0": "a", "1": "b", "2": "c"}
 
 
+def test_run_vit_from_an_image_folder_and_a_yaml_file(run_vit, tmp_path):
+    """PNG files in class folders (datasets' imagefolder, PIL images), a ViT built from config, arguments in YAML."""
+    train_dir = write_image_folder(tmp_path / "train", {"cat": 6, "dog": 6})
+    validation_dir = write_image_folder(tmp_path / "val", {"cat": 2, "dog": 2}, seed=1)
+    out = tmp_path / "out"
+    argv = [
+        "--train_dir", train_dir, "--validation_dir", validation_dir,
+        "--config_overrides", "patch_size=4,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=24",
+        "--augment_policy", "crop_flip", "--augment_copies", "2", "--max_steps", "3", "--per_device_train_batch_size", "4",
+        "--detector", "fixed", "--detector_switch_step", "2", "--output_dir", str(out), "--track_energy", "false",
+        *COMMON,
+    ]  # fmt: skip
+    results = run_vit.main([write_yaml(tmp_path / "args.yaml", argv)])
+    assert results["run"]["data"] == {"train": train_dir, "validation": validation_dir}
+    assert results["run"]["train_examples"] == 12 and results["run"]["eval_examples"] == 4
+    assert results["run"]["image_size"] == 8
+    assert results["measured"]["train_rows"] == 2 * 4 * 2 + 4
+    assert results["k_schedule"] == [{"from_step": 1, "to_step": 2, "copies": 2}, {"from_step": 3, "to_step": 3, "copies": 1}]
+    assert set(results["metrics"]["eval"]) >= {"eval_accuracy", "eval_loss"}
+    assert results["run"]["metric"]["name"] == "accuracy"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["id2label"] == {"0": "cat", "1": "dog"} and saved["num_channels"] == 3
+    assert (out / "dynamics.png").stat().st_size > 0 and CARD_BEGIN in (out / "README.md").read_text(encoding="utf-8")
+
+
 def test_run_vit_rejects_bad_input(run_vit, tmp_path):
     base = ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--track_energy", "false"]
-    with pytest.raises(ValueError, match="`dataset_name` .* or `train_file`"):
+    with pytest.raises(ValueError, match="one of `dataset_name` .*, `train_file` .* or `train_dir`"):
         run_vit.main(base)
+    with pytest.raises(ValueError, match="`validation_dir` goes with `train_dir`"):
+        run_vit.main([*base, "--dataset_name", "sklearn_digits", "--validation_dir", str(tmp_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no images found in .*empty"):
+        run_vit.main([*base, "--train_dir", str(tmp_path / "empty")])
+    train_dir = write_image_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    validation_dir = write_image_folder(tmp_path / "val", {"cat": 1, "bird": 1})
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['bird'\] have no training images"):
+        run_vit.main([*base, "--train_dir", train_dir, "--validation_dir", validation_dir])
+    with pytest.raises(ValueError, match="`config_name` 'vit-huge' is neither a small ViT config"):
+        run_vit.main([*base, "--dataset_name", "sklearn_digits", "--config_name", "vit-huge"])
     with pytest.raises(ValueError, match="`augment_policy` must be one of"):
         run_vit.main([*base, "--dataset_name", "sklearn_digits", "--augment_policy", "mixup"])
     with pytest.raises(ValueError, match="patch_size 16 does not divide image_size 8"):

@@ -18,6 +18,7 @@ from hf_critical.reporting import (
     ReportingArguments,
     defer_hub_push,
     is_secret_name,
+    k_schedule,
     model_card_section,
     push_outputs,
     redact_secrets,
@@ -160,6 +161,30 @@ def test_model_card_section_labels_measured_derived_and_estimates():
     assert "`eval_accuracy` 0.9000" in card and "`my_results.json`" in card
 
 
+def test_card_shows_the_plot_and_the_emissions_and_summary_names_the_metric():
+    results = results_for(4)
+    results["energy"]["train"].update(emissions_kg=0.0012, energy_kwh=0.002, country_iso_code="FRA")
+    results["energy"]["eval"] = {"estimated": True, "note": "x", "emissions_kg": 0.0001, "energy_kwh": 0.0002,
+                                 "country_iso_code": "FRA"}  # fmt: skip
+    card = model_card_section(results, plot_file="dynamics.png")
+    assert "Emissions (codecarbon, electricity mix of FRA) (ESTIMATE): train 0.001200 kg CO2eq (0.002000 kWh); " in card
+    assert "eval 0.000100 kg CO2eq" in card and "](dynamics.png)" in card
+    assert "](" not in model_card_section(results_for(4))  # no plot written, none linked
+    results["run"] = {"metric": {"name": "glue", "config_name": "sst2", "source": "local", "hub_error": "offline"}}
+    lines = "\n".join(summary_lines(results))
+    assert "metric                   : glue/sst2, the copy shipped with hf_critical (the Hub module did not load)" in lines
+    results["run"]["metric"].update(name="accuracy", config_name=None, source="hub", hub_error=None)
+    assert "metric                   : accuracy, evaluate's Hub module" in "\n".join(summary_lines(results))
+
+
+def test_k_schedule_segments():
+    assert k_schedule(8, 3, 4, 1) == [{"from_step": 1, "to_step": 3, "copies": 4}, {"from_step": 4, "to_step": 8, "copies": 1}]
+    assert k_schedule(8, None, 4, 4) == [{"from_step": 1, "to_step": 8, "copies": 4}]
+    assert k_schedule(8, 8, 4, 1) == [{"from_step": 1, "to_step": 8, "copies": 4}]  # fired at the last step
+    assert k_schedule(8, 0, 4, 1) == [{"from_step": 1, "to_step": 8, "copies": 1}]
+    assert k_schedule(0, None, 4, 4) == []
+
+
 def test_update_model_card_appends_once_then_replaces(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("---\ntags: [x]\n---\n# my model\n", encoding="utf-8")
@@ -214,6 +239,17 @@ def test_failed_push_names_the_local_folder_and_hides_the_token(tmp_path, monkey
     assert f"Everything is saved locally in {tmp_path}" in message
     assert "'me/model' failed (ConnectionError: 401 Unauthorized" in message
     assert f"hf upload me/model {tmp_path}" in message
+
+
+def test_push_offline_fails_with_a_clear_message(tmp_path):
+    """The real huggingface_hub, with HF_HUB_OFFLINE=1 as `make test` sets it: no network call is tried."""
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        pytest.skip("needs HF_HUB_OFFLINE=1 (as `make test` sets)")
+    (tmp_path / "critical_period_results.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(HubPushError, match=f"Everything is saved locally in {tmp_path}") as info:
+        push_outputs(HubPushRequest(repo_id="me/model", token=ARG_TOKEN), str(tmp_path))
+    assert ARG_TOKEN not in str(info.value) and "hf upload me/model" in str(info.value)
+    assert (tmp_path / "critical_period_results.json").read_text(encoding="utf-8") == "{}"
 
 
 def test_push_uploads_the_folder_without_checkpoints(tmp_path, monkeypatch):
