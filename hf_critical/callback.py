@@ -188,19 +188,23 @@ class DynamicsCallback(TrainerCallback):
         if self.is_measured_step(step) and self.selection is not None:
             self._finish_measurement(args, state, control, step)
         if control.should_save:
-            state.stateful_callbacks[STATE_KEY] = self.state()
+            self._before_checkpoint(args, state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save:
-            state.stateful_callbacks[STATE_KEY] = self.state()
+            self._before_checkpoint(args, state)
 
-    def on_save(self, args, state, control, **kwargs):
-        # A gradient snapshot held across a checkpoint is needed by the next step's predictability.
+    def _before_checkpoint(self, args, state) -> None:
+        """Runs just before the Trainer writes a checkpoint (it writes trainer_state.json last).
+
+        The state goes into trainer_state.json; a gradient kept for the next step's predictability is
+        written into the checkpoint folder first, so a checkpoint with a trainer_state.json is whole.
+        """
+        state.stateful_callbacks[STATE_KEY] = self.state()
         if self._snapshot is None or not state.is_world_process_zero or self.selection is None:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(folder):
-            return
+        os.makedirs(folder, exist_ok=True)
         tensors = [(name, g) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None]
         write_tensors(os.path.join(folder, GRAD_SNAPSHOT_FILE), tensors, {"step": str(self._snapshot[0])})
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .arguments import detector_kwargs
@@ -101,6 +102,27 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1) -> tuple[dic
         else:
             first[key] = second[key] = value
     return first, second
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder that holds a ``trainer_state.json`` (written last by the Trainer).
+
+    `transformers.trainer_utils.get_last_checkpoint` returns the newest folder even when the process
+    was killed while writing it; resuming from that fails. Incomplete folders are skipped with a warning.
+    """
+    if not os.path.isdir(output_dir):
+        raise ValueError(f"resume_from_checkpoint=True but output_dir {output_dir!r} does not exist")
+    steps = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps.append(int(match.group(1)))
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(output_dir, f"checkpoint-{step}")
+        if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):
+            return folder
+        logger.warning("Skipping %s: it has no %s (interrupted while being written)", folder, TRAINER_STATE_NAME)
+    raise ValueError(f"resume_from_checkpoint=True but {output_dir!r} holds no complete checkpoint")
 
 
 def _reload_renamed_weights(model, checkpoint: str) -> None:
@@ -245,7 +267,8 @@ class CriticalPeriodTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         path = resume_from_checkpoint
         if path is True:
-            path = get_last_checkpoint(self.args.output_dir)
+            path = last_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = path
         self.dynamics.resume_checkpoint = path if isinstance(path, str) else None
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)

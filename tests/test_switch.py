@@ -196,10 +196,13 @@ SCRIPT = os.path.join(HERE, "scripts", "switch_run.py")
 
 def _run_script(output_dir, *extra, check=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, SCRIPT, "--output_dir", str(output_dir), *extra], env=env, capture_output=True, text=True,
-        check=check, timeout=300,
+        timeout=300,
     )
+    if check and done.returncode:
+        raise AssertionError(f"{SCRIPT} {' '.join(extra)} failed:\n{done.stderr[-3000:]}")
+    return done
 
 
 def _summary(output_dir) -> dict:
@@ -223,7 +226,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
         while time.time() < deadline and not os.path.isdir(killed_dir / "checkpoint-6"):
             time.sleep(0.05)
         assert os.path.isdir(killed_dir / "checkpoint-6"), "the run never reached its checkpoint at step 6"
-        time.sleep(0.3)  # a little past the checkpoint: lines after it exist and must not be duplicated
+        time.sleep(0.45)  # past the checkpoint, often while the next one is written: resume must skip a partial one
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -252,3 +255,16 @@ def test_resume_after_the_switch_continues_with_one_copy(tmp_path):
     resumed = _summary(tmp_path)
     assert resumed["switch_step"] == switch
     assert resumed["rows_after_resume"] == [resumed["batch_size"]] * (first["max_steps"] - checkpoint)
+
+
+def test_resume_true_skips_a_checkpoint_interrupted_while_written(tmp_path):
+    from hf_critical.trainer import last_complete_checkpoint
+
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if step < 6:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-6" / "model.safetensors").write_text("half written")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        last_complete_checkpoint(str(tmp_path / "checkpoint-6"))
