@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .callback import INITIAL_WEIGHTS_FILE
 from .energy import EnergyMeasurement, validate_country_iso_code
 from .savings import TrainingCostCallback, compute_savings, estimate_cost
 
@@ -585,7 +586,8 @@ def push_outputs(request: HubPushRequest, output_dir: str, commit_message: str =
             folder_path=output_dir,
             commit_message=commit_message,
             revision=request.revision,
-            ignore_patterns=["_*", "checkpoint-*", "*.tmp"],
+            # The initial weights kept for layer rotation are a copy of the starting model: not a result.
+            ignore_patterns=["_*", "checkpoint-*", "*.tmp", INITIAL_WEIGHTS_FILE],
         )
     except Exception as err:
         reason = redact_secrets(f"{type(err).__name__}: {err}", [request.token])
