@@ -74,11 +74,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -90,6 +87,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from machine import machine_description, progress  # noqa: E402  (benchmarks/machine.py)
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -464,37 +462,6 @@ def markdown_report(results: list[RunResult], options: argparse.Namespace) -> st
             f"set-up {result.setup_seconds:.1f} s."
         )
     return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine_description() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    device = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu_model()} ({platform.machine()}), {cores} cores, {device}; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; transformers {transformers.__version__}; Python {platform.python_version()}"
-    )
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- entry point --------------------------------------------------------------------------------

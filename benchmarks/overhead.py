@@ -51,7 +51,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -65,6 +64,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from machine import machine_description, progress  # noqa: E402  (benchmarks/machine.py)
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     BertConfig,
@@ -522,34 +522,6 @@ def rss_scope(results: list[ModelResult]) -> str:
     if covers == {"training"}:
         return "counted from just before `trainer.train()`"
     return "counted over the whole child process (imports and model loading included)"
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    parts = [
-        f"{cpu} ({platform.machine()}), {cores} cores",
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads",
-        f"transformers {transformers.__version__}",
-        f"Python {platform.python_version()}",
-    ]
-    if torch.cuda.is_available():
-        parts.insert(1, f"GPU {torch.cuda.get_device_name()}")
-    else:
-        parts.insert(1, "no GPU")
-    return "; ".join(parts)
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
