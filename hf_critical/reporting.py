@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -597,6 +598,19 @@ def push_outputs(request: HubPushRequest, output_dir: str, commit_message: str =
             "reachable and a token with write access is set (HF_TOKEN or `hf auth login`)."
         ) from None
     return str(getattr(commit, "commit_url", commit))
+
+
+def parse_recipe_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """Parse a recipe's argument dataclasses from one ``.json``/``.yaml`` file or from the command line."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 # ---- the end of a recipe ----------------------------------------------------------------------------

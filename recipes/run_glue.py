@@ -34,7 +34,6 @@ Training always runs; evaluation runs on the validation data. GLUE's test splits
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -44,7 +43,6 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    HfArgumentParser,
     set_seed,
 )
 
@@ -52,7 +50,7 @@ from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, TextAugm
 from hf_critical.energy import track_energy
 from hf_critical.evaluation import glue_compute_metrics
 from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
-from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run
+from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
 from hf_critical.savings import TrainingCostCallback
 
 logger = logging.getLogger(__name__)
@@ -116,13 +114,7 @@ def unchanged(texts: list[str]) -> list[str]:
 
 
 def parse_arguments(argv: list[str] | None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_arguments((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -36,7 +36,6 @@ codecarbon (estimates on machines without RAPL or a GPU, and the outputs say so)
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -46,7 +45,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
-    HfArgumentParser,
     set_seed,
 )
 
@@ -63,7 +61,7 @@ from hf_critical.image_data import (
     normalized_value_range,
     split_train_validation,
 )
-from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run
+from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
 from hf_critical.savings import TrainingCostCallback
 from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
 
@@ -175,13 +173,7 @@ def unchanged(images):
 
 
 def parse_arguments(argv: list[str] | None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_arguments((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments), argv)
 
 
 def load_splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: int):
