@@ -21,7 +21,7 @@ global value is computed over the remaining layers and is ``None`` (never NaN) w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +36,8 @@ __all__ = [
     "dot_products",
     "PairwiseGradientCosines",
     "confusion_result",
+    "confusion_from_norms",
+    "local_shard",
 ]
 
 SKIP_REASONS = ("missing", "non_finite", "zero_norm")
@@ -191,27 +193,99 @@ def confusion_result(
     return MetricResult(mean, per_layer, skipped, {"min": min(pair_values), "num_pairs": len(pair_values)})
 
 
+def confusion_from_norms(
+    names: Sequence[str], local_sq_norms: Sequence[Sequence[float | None]], sum_sq_norms: Sequence[float]
+) -> MetricResult:
+    """Gradient confusion of W same-θ gradients known only through their norms and the norm of their sum.
+
+    For W gradients ``g_1..g_W`` (one per process under DDP), per layer
+    ``sum_{i != j} g_i.g_j = |sum_i g_i|^2 - sum_i |g_i|^2``, so the layer's value is
+
+        ``(|sum_i g_i|^2 - sum_i |g_i|^2) / sum_{i != j} |g_i| |g_j|``
+
+    which is ``cos(g_1, g_2)`` for W = 2 and, for W > 2, the mean of the pairwise cosines
+    weighted by ``|g_i| |g_j|``. The global value applies the same formula to the concatenation of
+    the layers (sums over layers of both terms), i.e. the cosine of the concatenated gradients for
+    W = 2. ``extra["min"]`` equals the value for W = 2 and is ``None`` for W > 2 (a pairwise
+    minimum needs the pairwise dot products, which this formula does not have).
+
+    Args:
+        names: The layer names.
+        local_sq_norms: ``W`` rows of one squared norm per layer (``None``: that gradient is missing).
+        sum_sq_norms: One squared norm per layer of ``sum_i g_i``.
+    """
+    skipped = _empty_skips()
+    world = len(local_sq_norms)
+    if world < 2:
+        raise ValueError(f"confusion_from_norms needs at least two gradients, got {world}")
+    per_layer: dict[str, float] = {}
+    total_cross = 0.0
+    for k, name in enumerate(names):
+        column = [row[k] for row in local_sq_norms]
+        if any(v is None for v in column):
+            skipped["missing"] += 1
+            continue
+        if not all(math.isfinite(v) for v in (*column, sum_sq_norms[k])):
+            skipped["non_finite"] += 1
+            continue
+        if any(v <= 0.0 for v in column):
+            skipped["zero_norm"] += 1
+            continue
+        norms = [math.sqrt(v) for v in column]
+        cross = sum_sq_norms[k] - sum(column)
+        weight = sum(norms) ** 2 - sum(column)  # sum over ordered pairs i != j of |g_i| |g_j|
+        per_layer[name] = _clamp(cross / weight)
+        total_cross += cross
+    if not per_layer:
+        return MetricResult(None, per_layer, skipped, {"min": None, "num_pairs": 0})
+    # The global weight is sum_{i != j} |G_i| |G_j| over the concatenated gradients G_i.
+    full = [sum(row[k] for k, name in enumerate(names) if name in per_layer) for row in local_sq_norms]
+    full_norms = [math.sqrt(v) for v in full]
+    weight = sum(full_norms) ** 2 - sum(full)
+    value = _clamp(total_cross / weight) if weight > 0.0 else None
+    pairs = world * (world - 1) // 2
+    return MetricResult(value, per_layer, skipped, {"min": value if world == 2 else None, "num_pairs": pairs})
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this process holds: the local shard of a DTensor (FSDP2), else the tensor."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
 def gradient_predictability(
-    previous: Mapping[str, torch.Tensor | None], current: Mapping[str, torch.Tensor | None]
+    previous: Mapping[str, torch.Tensor | None],
+    current: Mapping[str, torch.Tensor | None],
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MetricResult:
     """Gradient predictability: cosine between a gradient and a later one (Chen et al., ICLR 2023).
 
     Returns the global cosine (of the concatenated gradients) as ``value`` and one cosine per layer.
+
+    ``reduce`` makes the function work on *shards*: when each process holds a slice of every tensor
+    (FSDP), the per-layer dot products and squared norms of the local slices are partial sums, and
+    ``reduce`` (e.g. an all-reduce SUM across the shard group) turns them into the full ones before
+    the cosines are taken. It receives one float32 tensor of shape ``(3, layers)`` and returns the
+    reduced tensor; every process must call it with the same layers.
     """
     skipped = _empty_skips()
     names = _present_names([previous, current], skipped)
     if not names:
         return MetricResult(None, {}, skipped)
-    prev = [previous[n] for n in names]
-    cur = [current[n] for n in names]
-    value, per_layer = _pair_cosines(
-        names, dot_products(prev, cur).tolist(), squared_norms(prev).tolist(), squared_norms(cur).tolist(), skipped
-    )
+    prev = [local_shard(previous[n]) for n in names]
+    cur = [local_shard(current[n]) for n in names]
+    stats = torch.stack([dot_products(prev, cur), squared_norms(prev).to(prev[0].device), squared_norms(cur).to(prev[0].device)])
+    if reduce is not None:
+        stats = reduce(stats)
+    dots, sq_prev, sq_cur = stats.tolist()
+    value, per_layer = _pair_cosines(names, dots, sq_prev, sq_cur, skipped)
     return MetricResult(value, per_layer, skipped)
 
 
 def layer_rotation(
-    initial: Mapping[str, torch.Tensor | None], current: Mapping[str, torch.Tensor | None]
+    initial: Mapping[str, torch.Tensor | None],
+    current: Mapping[str, torch.Tensor | None],
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MetricResult:
     """Layer rotation: ``1 - cos(theta_0, theta_t)`` per layer (Carbonnelle & De Vleeschouwer, 2019).
 
@@ -219,6 +293,10 @@ def layer_rotation(
     its number of parameters. ``initial`` is read one layer at a time (it may be a
     :class:`~hf_critical.weights_file.TensorFile` that reads each layer from disk when indexed), and
     each initial tensor is moved to its current tensor's device, not the other way round.
+
+    ``reduce``: as in :func:`gradient_predictability` (tensor of shape ``(layers, 3)``); with it,
+    ``current`` may hold sharded tensors (DTensor) and ``initial`` the matching local shards, and
+    each layer's parameter count is its full (global) count.
     """
     skipped = _empty_skips()
     names: list[str] = []
@@ -229,6 +307,7 @@ def layer_rotation(
         if theta_t is None or theta_0 is None:
             skipped["missing"] += 1
             continue
+        theta_t = local_shard(theta_t)
         if theta_0.shape != theta_t.shape:
             raise ValueError(f"layer {name!r}: initial shape {tuple(theta_0.shape)} != current {tuple(theta_t.shape)}")
         flat_t = _as_float32(theta_t)
@@ -237,8 +316,10 @@ def layer_rotation(
         names.append(name)
     if not names:
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
-    sq_current = squared_norms([current[n] for n in names])  # one fused call for the current weights
+    sq_current = squared_norms([local_shard(current[n]) for n in names])  # one fused call for the current weights
     values = torch.cat([torch.stack([s.to(stats[0].device) for s in stats]), sq_current.to(stats[0].device)[:, None]], 1)
+    if reduce is not None:
+        values = reduce(values)
     dots, sq_init, sq_cur = ([row[i] for row in values.tolist()] for i in range(3))  # one host synchronisation
     _, cosines = _pair_cosines(names, dots, sq_init, sq_cur, skipped)
     per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}

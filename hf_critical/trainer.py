@@ -7,6 +7,11 @@ What it does that a callback cannot:
   step's batch is split in two halves (all rows of a sample in the same half) and each half goes
   through its own forward/backward, weighted so that the two gradients sum to the unsplit one.
   The accumulated gradient is restored before clipping and the optimizer step.
+* **Gradient confusion across processes (DDP).** At a measured step every rank keeps its own
+  gradient (its backward passes run without DDP's synchronisation); the trainer gathers the
+  per-layer squared norms of those gradients, averages the gradients across ranks itself (the
+  same all-reduce DDP would have run) and takes confusion from the norms of the sum. See
+  ``docs/distributed.md``.
 * **The loss scale.** transformers passes ``num_items_in_batch`` to models whose ``forward``
   takes ``**kwargs`` and then trusts them to normalise by it; several (e.g.
   ``BertForSequenceClassification``) ignore it, so the gradients grow with the accumulation
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
@@ -40,10 +46,10 @@ from .arguments import detector_kwargs
 from .augmentation import AugmentationCollator
 from .callback import DynamicsCallback
 from .detectors import Detector, build_detector
-from .metrics import PairwiseGradientCosines
+from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
 from .switch import CriticalPeriodCallback
 
-__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "RESERVED_KEYS"]
+__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "RESERVED_KEYS"]
 
 #: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
 ROWS_KEY = "hf_critical_rows_per_sample"
@@ -153,6 +159,37 @@ def _augments_on_device(batch) -> bool:
     return isinstance(batch, Mapping) and bool(batch.get(ON_DEVICE_KEY, False))
 
 
+#: Size of the flat buffers the per-rank confusion step all-reduces gradients in (DDP's default bucket size).
+REDUCE_BUCKET_BYTES = 25 * 2**20
+
+
+def check_deepspeed(args: Any, metrics: Any, enabled: bool = False) -> None:
+    """Raise if DeepSpeed is configured while dynamics metrics are on.
+
+    ZeRO stage 2 partitions the gradients and stage 3 also the weights across processes: each
+    process would measure its own partition and report it as the model's, silently wrong. Checked
+    before ``Trainer.__init__`` (which imports deepspeed) from ``args.deepspeed`` and from
+    ``ACCELERATE_USE_DEEPSPEED`` (set by ``accelerate launch`` with a DeepSpeed config), and after it
+    with ``enabled`` (the Trainer's ``is_deepspeed_enabled``, e.g. a plugin set on the accelerator).
+    """
+    configured = (
+        enabled
+        or bool(getattr(args, "deepspeed", None))
+        or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    )
+    if configured and metrics:
+        raise ValueError(
+            f"CriticalPeriodTrainer does not support DeepSpeed together with dynamics metrics {list(metrics)}: "
+            "ZeRO stages 2 and 3 partition gradients (and stage 3 the weights) across processes, so the metrics "
+            "would be computed on partitions. Use DDP or FSDP (see docs/distributed.md), or set "
+            "dynamics_metrics='none' with detector='fixed' or 'never'."
+        )
+
+
+def _ddp_module(model) -> torch.nn.parallel.DistributedDataParallel | None:
+    return model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
+
+
 @dataclass
 class _StepPlan:
     """Book-keeping for the micro-batches of one optimizer step."""
@@ -162,9 +199,15 @@ class _StepPlan:
     next_index: int = 0
     tracker: PairwiseGradientCosines | None = None
     parts: list[list[torch.Tensor | None]] = field(default_factory=list)
+    #: Measure confusion between the ranks' gradients (DDP): backward runs without DDP's sync.
+    per_rank: bool = False
+    #: Under several processes: the step's items over all ranks divided by the number of ranks.
+    shared_total: torch.Tensor | float | None = None
 
     @property
-    def total(self) -> torch.Tensor | int | None:
+    def total(self) -> torch.Tensor | int | float | None:
+        if self.shared_total is not None:
+            return self.shared_total
         if any(c is None for c in self.counts):
             return None
         return sum(self.counts)
@@ -186,6 +229,13 @@ class CriticalPeriodTrainer(Trainer):
         detector: Detector | None = None,
         **kwargs,
     ):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if dynamics_callback is not None:
+            metrics = dynamics_callback.metrics
+        else:
+            metrics = getattr(training_args, "dynamics_metrics", None) if training_args is not None else None
+            metrics = DynamicsCallback(metrics=metrics).metrics if metrics is not None else ["default"]
+        check_deepspeed(training_args, metrics)
         super().__init__(*args, **kwargs)
         existing = [cb for cb in self.callback_handler.callbacks if isinstance(cb, DynamicsCallback)]
         if dynamics_callback is not None and existing and dynamics_callback is not existing[0]:
@@ -207,9 +257,12 @@ class CriticalPeriodTrainer(Trainer):
         self.switch.log_fn = self.log
         self.add_callback(self.switch)
 
+        check_deepspeed(self.args, self.dynamics.metrics, enabled=self.is_deepspeed_enabled)
+
         self._step_plan: _StepPlan | None = None
         self._step_rows_per_sample = 1
         self._warned_unsplittable = False
+        self._warned_no_confusion = False
 
     def _configure_augmentation(self) -> None:
         copies = getattr(self.args, "augment_copies", None)
@@ -305,15 +358,42 @@ class CriticalPeriodTrainer(Trainer):
                 num_items_in_batch = num_items_in_batch * k
         step = self.state.global_step + 1
         plan = _StepPlan(step=step, counts=counts)
-        if (
-            batch_samples
-            and self.dynamics.wants_confusion(step)
-            and self.dynamics.selection is not None
-            and self.args.world_size == 1
-        ):
-            plan.tracker = PairwiseGradientCosines(self.dynamics.selection.names)
+        if self.args.world_size > 1 and self.args.average_tokens_across_devices and not self._loss_normalized_by_items():
+            plan.shared_total = self._shared_total(counts)
+        if batch_samples and self.dynamics.wants_confusion(step) and self.dynamics.selection is not None:
+            if self.args.world_size == 1:
+                plan.tracker = PairwiseGradientCosines(self.dynamics.selection.names)
+            elif _ddp_module(self.model_wrapped) is not None:
+                plan.per_rank = True
+            elif not self._warned_no_confusion:
+                logger.warning(
+                    "gradient_confusion is skipped: under %d processes it is measured between the ranks' gradients, "
+                    "which needs DDP (the model is wrapped in %s). See docs/distributed.md.",
+                    self.args.world_size,
+                    type(self.model_wrapped).__name__,
+                )
+                self._warned_no_confusion = True
         self._step_plan = plan
         return batch_samples, num_items_in_batch
+
+    def _shared_total(self, counts) -> torch.Tensor | None:
+        """The step's items summed over all ranks, divided by the number of ranks (one tiny all-reduce).
+
+        DDP averages the ranks' gradients; weighting each micro-batch by ``count / shared_total`` makes
+        that average the mean over every item of the step on every rank, as one process with the
+        whole batch would compute (ranks may hold different numbers of labelled tokens).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        known = all(c is not None for c in counts)
+        local = float(sum(counts)) if known and counts else 0.0
+        device = self.args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        buffer = torch.tensor([local, 0.0 if known and counts else 1.0], dtype=torch.float64, device=device)
+        dist.all_reduce(buffer)
+        total, unknown = buffer.tolist()
+        if unknown > 0 or total <= 0:
+            return None  # some rank cannot count its items: each rank weights its own micro-batches
+        return total / dist.get_world_size()
 
     def _materialize(self, batch):
         """Give a collated batch the rows per sample of the current step (k before the switch, 1 after)."""
@@ -355,6 +435,16 @@ class CriticalPeriodTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         index = plan.next_index
         plan.next_index += 1
+        if plan.per_rank:
+            # Every micro-batch, the last one included, accumulates locally; the all-reduce follows below.
+            ddp = _ddp_module(model)
+            with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+                loss = self._weighted_step(
+                    model, inputs, num_items_in_batch, plan.counts[index], plan.total, len(plan.counts)
+                )
+            if index == len(plan.counts) - 1:
+                self._reduce_with_confusion(model, plan)
+            return loss
         if plan.tracker is None:
             return self._weighted_step(
                 model, inputs, num_items_in_batch, plan.counts[index], plan.total, len(plan.counts)
@@ -440,3 +530,69 @@ class CriticalPeriodTrainer(Trainer):
             )
             self._warned_unsplittable = True
         plan.tracker = None
+
+    # ---- several processes ------------------------------------------------------------------------
+
+    def _reduce_with_confusion(self, model, plan: _StepPlan) -> None:
+        """All-reduce the local gradients as DDP would, and measure confusion between the ranks' gradients.
+
+        Communication beyond DDP's own: one all-gather of a float32 vector with one squared norm per
+        measured layer (4 bytes per layer per rank).
+        """
+        ddp = _ddp_module(model)
+        group = ddp.process_group if ddp is not None else None
+        world = dist.get_world_size(group)
+        params = list(self.dynamics.selection.parameters.values())
+        present = [i for i, p in enumerate(params) if p.grad is not None]
+        device = params[0].device if params else torch.device("cpu")
+        if dist.get_backend(group) != "nccl":
+            device = torch.device("cpu")
+        local = torch.full((len(params),), -1.0, dtype=torch.float32, device=device)
+        if present:
+            local[present] = squared_norms([params[i].grad for i in present]).to(device)
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local, group=group)
+        _all_reduce_mean(ddp.module if ddp is not None else model, group, world)
+        reduced_present = [i for i, p in enumerate(params) if p.grad is not None]
+        sum_sq = [float("nan")] * len(params)
+        if reduced_present:
+            norms = squared_norms([params[i].grad for i in reduced_present]).tolist()
+            for i, value in zip(reduced_present, norms):
+                sum_sq[i] = value * world * world  # |sum_r g_r|^2 from the mean
+        rows = [[None if v < 0 else v for v in row.tolist()] for row in gathered]
+        self.dynamics.record_confusion(plan.step, confusion_from_norms(self.dynamics.selection.names, rows, sum_sq))
+
+
+def _all_reduce_mean(module: torch.nn.Module, group, world: int) -> None:
+    """Average the gradients of ``module``'s trainable parameters across ranks, like DDP's all-reduce.
+
+    As DDP does, each gradient is divided by the number of ranks and the flat buckets are summed
+    (exactly DDP's result for a power-of-two number of ranks). A gradient that is ``None`` on this
+    rank counts as zeros; it is set from the result unless the result is all zeros (unused everywhere).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    buckets: dict[tuple, list[list[torch.nn.Parameter]]] = {}
+    for p in params:
+        key = (p.device, p.dtype)
+        chain = buckets.setdefault(key, [[]])
+        if chain[-1] and sum(q.numel() for q in chain[-1]) * p.element_size() > REDUCE_BUCKET_BYTES:
+            chain.append([])
+        chain[-1].append(p)
+    for (_, dtype), chain in buckets.items():
+        for bucket in chain:
+            flat = torch.cat(
+                [
+                    (p.grad if p.grad is not None else torch.zeros_like(p, dtype=dtype)).reshape(-1).to(dtype)
+                    for p in bucket
+                ]
+            )
+            flat.div_(world)
+            dist.all_reduce(flat, group=group)
+            offset = 0
+            for p in bucket:
+                part = flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+                if p.grad is not None:
+                    p.grad.copy_(part)
+                elif bool(part.any()):
+                    p.grad = part.clone()

@@ -1,0 +1,129 @@
+"""Training runs for the distributed equality and resume tests (torchrun, gloo; or one process).
+
+``--mode full``: two runs one after the other in the same processes, both with 16 samples per
+optimizer step in all: per-device batch ``16 / world`` without accumulation (checkpoint at step 4),
+then per-device batch ``8 / world`` with 2 accumulation steps. ``--mode stop``: the first run, stopped
+right after its checkpoint at step 4. ``--mode resume``: the first run resumed from that checkpoint.
+
+Every run writes, per rank, ``<run>/rank{N}.safetensors`` (final parameters) and ``<run>/rank{N}.json``
+(metric history, switch, and, under DDP, gradient confusion next to a naive reference computed here
+from all-gathered full gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from helpers import common_args, text_dataset, tiny_bert
+from safetensors.torch import save_file
+from transformers import TrainerCallback
+
+from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
+from hf_critical.metrics import gradient_confusion
+
+
+class NaiveConfusionTrainer(CriticalPeriodTrainer):
+    """Records, at every per-rank confusion step, the pairwise cosines of the all-gathered local gradients."""
+
+    reference: list[dict]
+
+    def _reduce_with_confusion(self, model, plan):
+        names = self.dynamics.selection.names
+        world = dist.get_world_size()
+        local = [p.grad.detach().clone() for p in self.dynamics.selection.parameters.values()]
+        per_rank = [dict.fromkeys(names) for _ in range(world)]
+        for name, g in zip(names, local):
+            parts = [torch.empty_like(g) for _ in range(world)]
+            dist.all_gather(parts, g)
+            for r in range(world):
+                per_rank[r][name] = parts[r]
+        naive = gradient_confusion(per_rank)
+        super()._reduce_with_confusion(model, plan)
+        measured = self.dynamics._confusion[1]
+        self.reference.append(
+            {
+                "batch_step": plan.step,
+                "naive": naive.value,
+                "measured": measured.value,
+                "naive_per_layer": naive.per_layer,
+                "measured_per_layer": measured.per_layer,
+            }
+        )
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+            return control
+
+
+def train(output_dir: str, world: int, accumulation: int, stop_at: int | None = None, resume: bool = False) -> None:
+    torch.set_num_threads(1)
+    model = tiny_bert()
+    args = CriticalPeriodArguments(
+        **common_args(
+            output_dir,
+            per_device_train_batch_size=16 // world // accumulation,
+            gradient_accumulation_steps=accumulation,
+            max_steps=8,
+            max_grad_norm=0.05,  # clipping active at every step
+            save_strategy="steps",
+            save_steps=4,
+            ddp_backend="gloo" if world > 1 else None,
+            dynamics_every_n_steps=2,
+            dynamics_metrics="all",
+            detector="stability",
+            detector_metrics=["layer_rotation"],
+            detector_threshold=10.0,  # every comparison counts as stable: fires at the first one, step 6
+            detector_patience=1,
+            detector_window="2",
+            detector_warmup="2",
+        )
+    )
+    trainer = NaiveConfusionTrainer(
+        model=model,
+        args=args,
+        train_dataset=text_dataset(64),
+        callbacks=[StopAt(stop_at)] if stop_at else None,
+    )
+    trainer.reference = []
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    rank = int(os.environ.get("RANK", "0"))
+    save_file({k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()},
+              os.path.join(output_dir, f"rank{rank}.safetensors"))
+    with open(os.path.join(output_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "history": trainer.dynamics.history,
+                "critical_period": trainer.critical_period,
+                "confusion_reference": trainer.reference,
+                "global_step": trainer.state.global_step,
+            },
+            f,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--mode", choices=["full", "stop", "resume"], default="full")
+    cli = parser.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cli.mode == "full":
+        train(os.path.join(cli.output_dir, "batch"), world, accumulation=1)
+        train(os.path.join(cli.output_dir, "accumulation"), world, accumulation=2)
+    else:
+        train(os.path.join(cli.output_dir, "resumed"), world, 1, stop_at=4 if cli.mode == "stop" else None,
+              resume=cli.mode == "resume")
+
+
+if __name__ == "__main__":
+    main()
