@@ -36,10 +36,17 @@ from .arguments import (
     validate_every_n_steps,
 )
 from .layers import LayerSelection, select_parameters, validate_layer_selection
-from .metrics import MetricResult, gradient_predictability, layer_rotation
+from .metrics import MetricResult, gradient_predictability, layer_rotation, local_shard
 from .weights_file import TensorFile, write_tensors
 
-__all__ = ["DynamicsCallback", "DYNAMICS_FILE", "INITIAL_WEIGHTS_FILE", "GRAD_SNAPSHOT_FILE", "STATE_KEY"]
+__all__ = [
+    "DynamicsCallback",
+    "DYNAMICS_FILE",
+    "INITIAL_WEIGHTS_FILE",
+    "GRAD_SNAPSHOT_FILE",
+    "STATE_KEY",
+    "shard_reduction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +112,7 @@ class DynamicsCallback(TrainerCallback):
         self._pending: dict[str, MetricResult | None] = {}
         self._confusion: tuple[int, MetricResult] | None = None
         self._warned_confusion = False
+        self._reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> DynamicsCallback:
@@ -146,6 +154,8 @@ class DynamicsCallback(TrainerCallback):
         if model is None:
             raise ValueError("DynamicsCallback needs the model in on_train_begin; is it registered with a Trainer?")
         self.selection = select_parameters(model, self.layers)
+        # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
+        self._reduce = shard_reduction(self.selection.parameters.values())
         self._pending = {}
         self._confusion = None
         self._snapshot = None
@@ -174,7 +184,7 @@ class DynamicsCallback(TrainerCallback):
             if self._snapshot is not None and self._snapshot[0] == step - 1:
                 names = self.selection.names
                 self._pending["gradient_predictability"] = gradient_predictability(
-                    dict(zip(names, self._snapshot[1])), dict(zip(names, grads))
+                    dict(zip(names, self._snapshot[1])), dict(zip(names, grads)), reduce=self._reduce
                 )
             else:
                 self._pending["gradient_predictability"] = None
@@ -201,12 +211,24 @@ class DynamicsCallback(TrainerCallback):
         written into the checkpoint folder first, so a checkpoint with a trainer_state.json is whole.
         """
         state.stateful_callbacks[STATE_KEY] = self.state()
-        if self._snapshot is None or not state.is_world_process_zero or self.selection is None:
+        # Replicated gradients: the main process writes them; sharded ones: every rank its own shards.
+        writes = state.is_world_process_zero or self._reduce is not None
+        if self._snapshot is None or not writes or self.selection is None:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        tensors = [(name, g) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None]
-        write_tensors(os.path.join(folder, GRAD_SNAPSHOT_FILE), tensors, {"step": str(self._snapshot[0])})
+        tensors = [(name, local_shard(g)) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None]
+        path = os.path.join(folder, self._per_rank_name(GRAD_SNAPSHOT_FILE))
+        write_tensors(path, tensors, {"step": str(self._snapshot[0])})
+
+    def _per_rank_name(self, filename: str) -> str:
+        """``filename``, or ``<stem>.rank<R>.<ext>`` when the measured tensors are sharded (one file per rank)."""
+        if self._reduce is None:
+            return filename
+        import torch.distributed as dist
+
+        stem, ext = os.path.splitext(filename)
+        return f"{stem}.rank{dist.get_rank()}{ext}"
 
     def on_train_end(self, args, state, control, **kwargs):
         self._snapshot = None
@@ -224,7 +246,7 @@ class DynamicsCallback(TrainerCallback):
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
         if "layer_rotation" in self.metrics and self._initial is not None:
             current = {name: p.detach() for name, p in self.selection.parameters.items()}
-            results["layer_rotation"] = layer_rotation(self._initial, current)
+            results["layer_rotation"] = layer_rotation(self._initial, current, reduce=self._reduce)
         record: dict[str, Any] = {"step": step, "epoch": state.epoch, **self.record_fields}
         record["frozen_parameters"] = len(self.selection.frozen)
         values: dict[str, float] = {}
@@ -286,7 +308,7 @@ class DynamicsCallback(TrainerCallback):
             if pending is not None and pending["step"] == state.global_step:
                 self._confusion = (pending["step"], MetricResult.from_dict(pending["result"]))
         folder = self.resume_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        snapshot_path = os.path.join(folder, GRAD_SNAPSHOT_FILE)
+        snapshot_path = os.path.join(folder, self._per_rank_name(GRAD_SNAPSHOT_FILE))
         if "gradient_predictability" in self.metrics and os.path.isfile(snapshot_path):
             stored = TensorFile(snapshot_path)
             step = int(stored.metadata.get("step", "-1"))
@@ -297,9 +319,9 @@ class DynamicsCallback(TrainerCallback):
             )
 
     def _take_initial(self, args, state) -> Mapping[str, torch.Tensor]:
-        path = os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE)
-        params = self.selection.parameters
-        if state.is_world_process_zero:
+        path = os.path.join(args.output_dir, self._per_rank_name(INITIAL_WEIGHTS_FILE))
+        params = {name: local_shard(p) for name, p in self.selection.parameters.items()}
+        if state.is_world_process_zero or self._reduce is not None:
             # Written at every start: "disk" reads it at each measurement, a resumed run reloads it.
             os.makedirs(args.output_dir, exist_ok=True)
             write_tensors(path, params.items(), {"layers": self.layers})
@@ -312,13 +334,13 @@ class DynamicsCallback(TrainerCallback):
         return torch.device("cpu") if self.initial_weights == "host" else param.device
 
     def _load_initial(self, args) -> Mapping[str, torch.Tensor]:
-        path = os.path.join(args.output_dir, INITIAL_WEIGHTS_FILE)
+        path = os.path.join(args.output_dir, self._per_rank_name(INITIAL_WEIGHTS_FILE))
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Resuming with layer_rotation needs the initial weights saved at the start of the run, {path}; "
                 "it is missing (was the run started with layer_rotation off, or in another output_dir?)."
             )
-        params = self.selection.parameters
+        params = {name: local_shard(p) for name, p in self.selection.parameters.items()}
         stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
         missing = [n for n in params if n not in stored]
         if missing:
@@ -349,6 +371,38 @@ class DynamicsCallback(TrainerCallback):
         with open(os.path.join(args.output_dir, DYNAMICS_FILE), "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
+
+
+def shard_reduction(params: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For sharded parameters (DTensor, FSDP2): a function that sums per-layer partial sums across the shard group.
+
+    ``None`` for ordinary (replicated) tensors. Every measured parameter must be sharded on the same
+    one-dimensional mesh; HSDP (a 2-D mesh: replicas of a sharded model) is refused because a sum over
+    the whole mesh would count each shard once per replica.
+    """
+    meshes = []
+    for mesh in (getattr(p, "device_mesh", None) for p in params):
+        if mesh is not None and not any(mesh == seen for seen in meshes):  # each fully_shard call builds its own
+            meshes.append(mesh)
+    if not meshes:
+        return None
+    if len(meshes) > 1:
+        raise ValueError("the measured parameters are sharded over different device meshes; hf_critical needs one")
+    (mesh,) = meshes
+    if mesh.ndim != 1:
+        raise ValueError(
+            f"the measured parameters live on a {mesh.ndim}-D device mesh (HSDP?); hf_critical's sharded metrics "
+            "support a 1-D mesh (FSDP full sharding). See docs/distributed.md."
+        )
+    group = mesh.get_group()
+
+    def reduce(partial: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(partial, group=group)
+        return partial
+
+    return reduce
 
 
 def _barrier() -> None:

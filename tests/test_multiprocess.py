@@ -121,6 +121,21 @@ def test_per_rank_confusion_matches_all_gathered_gradients(two_process_runs, run
 
 
 @pytest.mark.multiprocess
+def test_sharded_metrics_equal_the_full_tensor_values(two_process_runs):
+    """FSDP2 on CPU/gloo: per-layer partial sums over local shards, all-reduced, give the full-model metrics."""
+    for rank in (0, 1):
+        result = json.loads((two_process_runs / f"fsdp_rank{rank}.json").read_text())
+        assert any(result["local_rows"][n] < result["full_rows"][n] for n in result["full_rows"])  # really sharded
+        for metric in ("gradient_predictability", "layer_rotation"):
+            sharded, reference = result["sharded"][metric], result["reference"][metric]
+            assert sharded["value"] == pytest.approx(reference["value"], abs=1e-6)
+            assert sharded["per_layer"] == pytest.approx(reference["per_layer"], abs=1e-6)
+        assert result["sharded"]["layer_rotation"]["weighted_mean"] == pytest.approx(
+            result["reference"]["layer_rotation"]["weighted_mean"], abs=1e-6
+        )
+
+
+@pytest.mark.multiprocess
 def test_two_process_resume_matches_the_uninterrupted_run(two_process_runs, tmp_path):
     """Stop both ranks after the checkpoint at step 4, resume in new processes: same switch and parameters."""
     _torchrun("ddp_equality.py", "--output_dir", str(tmp_path), "--mode", "stop")
@@ -147,3 +162,15 @@ def test_every_rank_switches_at_the_same_step(tmp_path):
     assert [r["switch_step"] for r in ranks] == [3, 3]
     for r in ranks:
         assert r["rows"] == [8, 8, 8, 4, 4, 4, 4, 4]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Trainer's FSDP (accelerate) needs GPUs; CPU runs DDP")
+def test_fsdp_trainer_on_gpu(tmp_path):
+    nproc = min(2, torch.cuda.device_count())
+    _torchrun("fsdp_trainer.py", "--output_dir", str(tmp_path), nproc=nproc)
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    assert result["fsdp"] and [h["step"] for h in result["history"]] == [2, 4]
+    for h in result["history"]:
+        assert 0.0 <= h["dynamics/layer_rotation"] <= 1.0
+        assert -1.0 <= h["dynamics/gradient_predictability"] <= 1.0

@@ -2,7 +2,8 @@
 
 ``--mode full``: two runs one after the other in the same processes, both with 16 samples per
 optimizer step in all: per-device batch ``16 / world`` without accumulation (checkpoint at step 4),
-then per-device batch ``8 / world`` with 2 accumulation steps. ``--mode stop``: the first run, stopped
+then per-device batch ``8 / world`` with 2 accumulation steps; then, in the same process group (one
+launch fewer), the FSDP2 sharded-metrics check of ``fsdp_metrics.py``. ``--mode stop``: the first run, stopped
 right after its checkpoint at step 4. ``--mode resume``: the first run resumed from that checkpoint.
 
 Every run writes, per rank, ``<run>/rank{N}.safetensors`` (final parameters) and ``<run>/rank{N}.json``
@@ -120,6 +121,10 @@ def main() -> None:
     if cli.mode == "full":
         train(os.path.join(cli.output_dir, "batch"), world, accumulation=1)
         train(os.path.join(cli.output_dir, "accumulation"), world, accumulation=2)
+        if world > 1:
+            from fsdp_metrics import check
+
+            check(cli.output_dir)
     else:
         train(os.path.join(cli.output_dir, "resumed"), world, 1, stop_at=4 if cli.mode == "stop" else None,
               resume=cli.mode == "resume")
