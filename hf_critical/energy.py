@@ -6,8 +6,12 @@ Usage::
         trainer.train()
     energy.report  # EnergyReport, or None on non-main processes / when disabled
 
-Only the main process tracks (codecarbon measures the whole machine, so one tracker per machine
-is the right count); nothing is written to ``emissions.csv``.
+Only the main process tracks, with codecarbon's ``tracking_mode="machine"`` (set explicitly): the
+tracker reads the whole machine's CPU load / RAPL counters, RAM and every NVML GPU, not one process,
+so one tracker per machine covers all local training processes (under ``torchrun`` /
+``accelerate launch``, every rank on that machine). A second tracker on another rank would count the
+same machine twice. On several machines only the first machine is measured (see
+``docs/distributed.md``). Nothing is written to ``emissions.csv``.
 
 **Measured or estimated.** codecarbon reads a power counter where there is one (Intel RAPL under
 ``/sys/class/powercap`` for the CPU, NVML for NVIDIA GPUs). Without RAPL it *models* CPU power as
@@ -205,15 +209,22 @@ class EnergyMeasurement:
 
 def _default_tracker(country_iso_code: str, project_name: str):
     from codecarbon import OfflineEmissionsTracker
+    from codecarbon.emissions_tracker import BaseEmissionsTracker
 
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
-    parameters = inspect.signature(OfflineEmissionsTracker.__init__).parameters
+    # OfflineEmissionsTracker forwards **kwargs to BaseEmissionsTracker, which declares most options.
+    parameters = {
+        **inspect.signature(BaseEmissionsTracker.__init__).parameters,
+        **inspect.signature(OfflineEmissionsTracker.__init__).parameters,
+    }
     kwargs: dict[str, Any] = dict(country_iso_code=country_iso_code, project_name=project_name, log_level="error")
     # Nothing on disk: newer codecarbon takes `output_methods`, older `save_to_file`.
     if "output_methods" in parameters:
         kwargs["output_methods"] = []
     else:
         kwargs["save_to_file"] = False
+    if "tracking_mode" in parameters:
+        kwargs["tracking_mode"] = "machine"  # all processes on the machine (every local rank), not just this one
     if "allow_multiple_runs" in parameters:
         kwargs["allow_multiple_runs"] = True  # no lock file; several phases may overlap in tests
     return OfflineEmissionsTracker(**kwargs)

@@ -168,3 +168,12 @@ def test_real_codecarbon_tracker_writes_no_file(tmp_path, monkeypatch):
     if not counters["rapl"] and not counters["cuda"]:
         assert report.estimated and report.note.startswith("ESTIMATE")
     assert list(tmp_path.iterdir()) == []  # no emissions.csv
+
+
+def test_default_tracker_measures_the_whole_machine():
+    """One tracker on the main process covers every local rank: codecarbon's machine mode, set explicitly."""
+    pytest.importorskip("codecarbon")
+    from hf_critical.energy import _default_tracker
+
+    tracker = _default_tracker("FRA", "hf_critical-test")
+    assert tracker._tracking_mode == "machine"
