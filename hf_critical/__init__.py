@@ -25,6 +25,7 @@ from .detectors import (
     build_detector,
 )
 from .metrics import MetricResult, gradient_confusion, gradient_predictability, layer_rotation
+from .robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
 from .switch import CriticalPeriodCallback
 from .trainer import CriticalPeriodTrainer
 
@@ -45,11 +46,15 @@ __all__ = [
     "ImageAugmentationCollator",
     "MetricResult",
     "NeverSwitch",
+    "RobustnessArguments",
     "StabilityDetector",
     "TextAugmentationCollator",
     "build_detector",
     "default_text_augmenter",
     "gradient_confusion",
     "gradient_predictability",
+    "image_robustness",
     "layer_rotation",
+    "robustness_columns",
+    "text_robustness",
 ]

@@ -26,6 +26,8 @@ key                   content
 ``arguments``         every argument of the run, secrets redacted
 ``environment``       software versions, device, world size
 ``notes``             caveats that apply to these numbers
+``robustness``        with ``--robustness_eval``: accuracy under adversarial attacks on a seeded subset
+                      of the evaluation data (`hf_critical.robustness`, ``docs/robustness.md``)
 ====================  ===========================================================================
 """
 
@@ -46,6 +48,7 @@ from typing import Any
 
 from .callback import INITIAL_WEIGHTS_FILE
 from .energy import EnergyMeasurement, validate_country_iso_code
+from .robustness import epsilon_label
 from .savings import TrainingCostCallback, compute_savings, estimate_cost
 
 __all__ = [
@@ -436,11 +439,49 @@ def summary_lines(results: Mapping[str, Any], paths: Mapping[str, str] | None = 
                 f"{name:<25}: {with_switch:.4f} {cost['currency']}; {_fmt(without, '.4f')} {cost['currency']} "
                 "without the switch (estimate)"
             )
+    lines += _robustness_summary(results.get("robustness"))
     for note in results.get("notes", []):
         lines.append(f"note                     : {note}")
     for name, path in (paths or {}).items():
         lines.append(f"{name:<25}: {path}")
     return lines
+
+
+def _robustness_summary(robustness: Mapping[str, Any] | None) -> list[str]:
+    if not robustness:
+        return []
+    lines = [
+        f"{'robustness':<25}: clean {robustness['clean_accuracy']:.4f} on {robustness['num_examples']} examples "
+        f"(seed {robustness['seed']}), {_fmt(robustness.get('seconds'), '.1f', ' s')}"
+    ]
+    for name, entry in robustness["attacks"].items():
+        lines.append(f"{'robust ' + name:<25}: {entry['accuracy']:.4f}")
+    return lines
+
+
+def _robustness_card(robustness: Mapping[str, Any] | None) -> list[str]:
+    if not robustness:
+        return []
+    table = [
+        "| attack | accuracy | kind | ε | steps |",
+        "|---|---|---|---|---|",
+        f"| clean | {robustness['clean_accuracy']:.4f} | | | |",
+    ]
+    for name, entry in robustness["attacks"].items():
+        epsilon = "" if entry.get("epsilon") is None else epsilon_label(entry["epsilon"])
+        steps = "" if entry.get("steps") is None else entry["steps"]
+        table.append(f"| {name} | {entry['accuracy']:.4f} | {entry['kind']} | {epsilon} | {steps} |")
+    return [
+        "",
+        "### Robustness",
+        "",
+        f"Accuracy under adversarial attacks on {robustness['num_examples']} evaluation examples (a seeded subset, "
+        f"seed {robustness['seed']}); an example counts only if it is right both clean and under the attack. ε is in "
+        "[0, 1] pixel units (L∞) for images, relative to the mean word-embedding norm (L2 per token) for text "
+        "embeddings; worst-of-n text attacks need every one of n perturbed copies right.",
+        "",
+        *table,
+    ]
 
 
 def model_card_section(results: Mapping[str, Any], results_file: str = RESULTS_FILE, plot_file: str | None = None) -> str:
@@ -506,6 +547,7 @@ def model_card_section(results: Mapping[str, Any], results_file: str = RESULTS_F
         lines += ["", f"Emissions (codecarbon, electricity mix of {countries}){estimate}: " + "; ".join(parts) + "."]
     if energy_notes:
         lines += ["", "Energy: " + " ".join(energy_notes)]
+    lines += _robustness_card(results.get("robustness"))
     if plot_file:
         lines += [
             "",
@@ -630,12 +672,14 @@ def finish_run(
     eval_energy: EnergyMeasurement | None = None,
     model_card_kwargs: Mapping[str, Any] | None = None,
     push_request: HubPushRequest | None = None,
+    robustness: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Everything a recipe does after training, on the main process (returns None elsewhere).
 
     In order: the results JSON (secrets redacted), the dynamics plot, the model card with the
     hf_critical section, the summary printed to stdout; then, if asked, the Hub push, which raises
-    `HubPushError` when it fails, with everything already on disk.
+    `HubPushError` when it fails, with everything already on disk. ``robustness``: what
+    `hf_critical.robustness` measured, stored under the ``robustness`` key (None: no key).
     """
     if not trainer.is_world_process_zero():
         return None
@@ -652,6 +696,8 @@ def finish_run(
         train_energy=train_energy,
         eval_energy=eval_energy,
     )
+    if robustness is not None:
+        results["robustness"] = dict(robustness)
     results = redact_secrets(_jsonable(results), secrets)
     paths = {"results": write_results(os.path.join(output_dir, reporting.results_file), results, secrets)}
 

@@ -51,6 +51,7 @@ from hf_critical.energy import track_energy
 from hf_critical.evaluation import glue_compute_metrics
 from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
 from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
+from hf_critical.robustness import RobustnessArguments, robustness_for_text
 from hf_critical.savings import TrainingCostCallback
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,14 @@ def unchanged(texts: list[str]) -> list[str]:
 
 
 def parse_arguments(argv: list[str] | None):
-    return parse_recipe_arguments((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments), argv)
+    return parse_recipe_arguments(
+        (ModelArguments, DataTrainingArguments, ReportingArguments, RobustnessArguments, CriticalPeriodArguments), argv
+    )
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    model_args, data_args, reporting_args, training_args = parse_arguments(argv)
+    model_args, data_args, reporting_args, robustness_args, training_args = parse_arguments(argv)
+    robustness_args.attacks_for("text")  # an attack of the other modality fails here, before training
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     set_seed(training_args.seed)
 
     task = get_glue_task(data_args.task_name)
+    if robustness_args.robustness_eval and task.is_regression:
+        raise ValueError(f"`robustness_eval` needs a classification task (robust accuracy); {task.name} is regression")
     if data_args.train_file is not None:
         raw = load_glue_files(task, {"train": data_args.train_file, "validation": data_args.validation_file})
         validation_split = "validation"
@@ -145,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     eval_dataset = raw[validation_split] if validation_split in raw else None
     if eval_dataset is not None and data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+    if robustness_args.robustness_eval and eval_dataset is None:
+        raise ValueError("`robustness_eval` needs validation data (`validation_file` or the data set's split)")
 
     label_kwargs = {}
     if not task.is_regression:
@@ -217,6 +225,18 @@ def main(argv: list[str] | None = None) -> dict | None:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
 
+    robustness = None
+    if robustness_args.robustness_eval and trainer.is_world_process_zero():
+        robustness = robustness_for_text(
+            trainer.model,
+            tokenizer,
+            eval_dataset,
+            robustness_args,
+            text_fields=task.text_fields,
+            label_field="label",
+            max_length=max_seq_length,
+        )
+
     return finish_run(
         trainer,
         costs,
@@ -224,7 +244,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         train_metrics=train_metrics,
         eval_metrics=eval_metrics,
         reporting=reporting_args,
-        arguments={"model": model_args, "data": data_args, "reporting": reporting_args, "training": training_args},
+        arguments={
+            "model": model_args,
+            "data": data_args,
+            "reporting": reporting_args,
+            "robustness": robustness_args,
+            "training": training_args,
+        },
         run={
             "recipe": "run_glue",
             "task": task.name,
@@ -246,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             dataset=f"GLUE {task.name.upper()}",
         ),
         push_request=push_request,
+        robustness=robustness,
     )
 
 

@@ -62,6 +62,7 @@ from hf_critical.image_data import (
     split_train_validation,
 )
 from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
+from hf_critical.robustness import RobustnessArguments, robustness_for_images
 from hf_critical.savings import TrainingCostCallback
 from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
 
@@ -173,7 +174,9 @@ def unchanged(images):
 
 
 def parse_arguments(argv: list[str] | None):
-    return parse_recipe_arguments((ModelArguments, DataTrainingArguments, ReportingArguments, CriticalPeriodArguments), argv)
+    return parse_recipe_arguments(
+        (ModelArguments, DataTrainingArguments, ReportingArguments, RobustnessArguments, CriticalPeriodArguments), argv
+    )
 
 
 def load_splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: int):
@@ -205,7 +208,8 @@ def _split_size(value: float) -> float | int:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    model_args, data_args, reporting_args, training_args = parse_arguments(argv)
+    model_args, data_args, reporting_args, robustness_args, training_args = parse_arguments(argv)
+    robustness_args.attacks_for("image")  # an attack of the other modality fails here, before training
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
@@ -324,6 +328,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
 
+    robustness = None
+    if robustness_args.robustness_eval and trainer.is_world_process_zero():
+        robustness = robustness_for_images(
+            trainer.model,
+            eval_dataset,
+            robustness_args,
+            size=(config.image_size, config.image_size),
+            num_channels=config.num_channels,
+            mean=mean,
+            std=std,
+        )
+
     if data_args.train_dir is not None:
         data_name = {"train": data_args.train_dir, "validation": data_args.validation_dir}
         data_label = "an image folder"
@@ -339,7 +355,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         train_metrics=train_metrics,
         eval_metrics=eval_metrics,
         reporting=reporting_args,
-        arguments={"model": model_args, "data": data_args, "reporting": reporting_args, "training": training_args},
+        arguments={
+            "model": model_args,
+            "data": data_args,
+            "reporting": reporting_args,
+            "robustness": robustness_args,
+            "training": training_args,
+        },
         run={
             "recipe": "run_vit",
             "model": model_args.model_name_or_path or f"{model_args.config_name or model_args.model_type} from config",
@@ -359,6 +381,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             dataset=data_args.dataset_name or f"local {data_label}",
         ),
         push_request=push_request,
+        robustness=robustness,
     )
 
 
