@@ -2,7 +2,8 @@
 
 ``--mode full``: two runs one after the other in the same processes, both with 16 samples per
 optimizer step in all: per-device batch ``16 / world`` without accumulation (checkpoint at step 4),
-then per-device batch ``8 / world`` with 2 accumulation steps; then, in the same process group (one
+then per-device batch ``8 / world`` with 2 accumulation steps, then the first setting on token
+classification where ranks hold different numbers of labelled tokens; then, in the same process group (one
 launch fewer), the FSDP2 sharded-metrics check of ``fsdp_metrics.py``. ``--mode stop``: the first run, stopped
 right after its checkpoint at step 4. ``--mode resume``: the first run resumed from that checkpoint.
 
@@ -19,9 +20,10 @@ import os
 
 import torch
 import torch.distributed as dist
+from datasets import Dataset
 from helpers import common_args, text_dataset, tiny_bert
 from safetensors.torch import save_file
-from transformers import TrainerCallback
+from transformers import BertConfig, BertForTokenClassification, TrainerCallback
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
 from hf_critical.metrics import gradient_confusion
@@ -66,9 +68,31 @@ class StopAt(TrainerCallback):
             return control
 
 
-def train(output_dir: str, world: int, accumulation: int, stop_at: int | None = None, resume: bool = False) -> None:
+def token_task() -> tuple[torch.nn.Module, Dataset]:
+    """Token classification whose samples hold very different numbers of labelled tokens (the rest -100)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        max_position_embeddings=64, num_labels=3)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, 100, (64, 12), generator=g)
+    labels = torch.randint(0, 3, (64, 12), generator=g)
+    keep = torch.arange(12)[None, :] < torch.randint(1, 13, (64, 1), generator=g)  # 1 to 12 labelled tokens
+    labels[~keep] = -100
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    return BertForTokenClassification(config), data
+
+
+def train(
+    output_dir: str,
+    world: int,
+    accumulation: int,
+    stop_at: int | None = None,
+    resume: bool = False,
+    tokens: bool = False,
+) -> None:
     torch.set_num_threads(1)
-    model = tiny_bert()
+    model, data = token_task() if tokens else (tiny_bert(), text_dataset(64))
     args = CriticalPeriodArguments(
         **common_args(
             output_dir,
@@ -92,7 +116,7 @@ def train(output_dir: str, world: int, accumulation: int, stop_at: int | None = 
     trainer = NaiveConfusionTrainer(
         model=model,
         args=args,
-        train_dataset=text_dataset(64),
+        train_dataset=data,
         callbacks=[StopAt(stop_at)] if stop_at else None,
     )
     trainer.reference = []
@@ -121,6 +145,7 @@ def main() -> None:
     if cli.mode == "full":
         train(os.path.join(cli.output_dir, "batch"), world, accumulation=1)
         train(os.path.join(cli.output_dir, "accumulation"), world, accumulation=2)
+        train(os.path.join(cli.output_dir, "tokens"), world, accumulation=1, tokens=True)
         if world > 1:
             from fsdp_metrics import check
 
