@@ -128,6 +128,18 @@ def test_per_rank_confusion_matches_all_gathered_gradients(two_process_runs, run
 
 
 @pytest.mark.multiprocess
+def test_measured_steps_reduce_gradients_exactly_like_ddp(two_process_runs):
+    """bf16 autocast, 2 accumulation steps, clipping: per-rank confusion on or off, bit-identical parameters."""
+    params, results = _run(two_process_runs / "bf16")
+    plain_params, plain = _run(two_process_runs / "bf16_plain")
+    assert len(results[0]["confusion_reference"]) == 4 and not plain[0]["confusion_reference"]
+    assert _max_difference(params[0], plain_params[0]) == 0.0
+    for mine, theirs in zip(results[0]["history"], plain[0]["history"]):
+        for key in SHARED_METRICS:
+            assert mine[key] == theirs[key]
+
+
+@pytest.mark.multiprocess
 def test_sharded_metrics_equal_the_full_tensor_values(two_process_runs):
     """FSDP2 on CPU/gloo: per-layer partial sums over local shards, all-reduced, give the full-model metrics."""
     for rank in (0, 1):

@@ -90,6 +90,8 @@ def train(
     stop_at: int | None = None,
     resume: bool = False,
     tokens: bool = False,
+    bf16: bool = False,
+    confusion: bool = True,
 ) -> None:
     torch.set_num_threads(1)
     model, data = token_task() if tokens else (tiny_bert(), text_dataset(64))
@@ -104,7 +106,8 @@ def train(
             save_steps=4,
             ddp_backend="gloo" if world > 1 else None,
             dynamics_every_n_steps=2,
-            dynamics_metrics="all",
+            dynamics_metrics="all" if confusion else ["gradient_predictability", "layer_rotation"],
+            bf16=bf16,
             detector="stability",
             detector_metrics=["layer_rotation"],
             detector_threshold=10.0,  # every comparison counts as stable: fires at the first one, step 6
@@ -146,6 +149,9 @@ def main() -> None:
         train(os.path.join(cli.output_dir, "batch"), world, accumulation=1)
         train(os.path.join(cli.output_dir, "accumulation"), world, accumulation=2)
         train(os.path.join(cli.output_dir, "tokens"), world, accumulation=1, tokens=True)
+        # bf16 autocast and accumulation, with and without per-rank confusion: the same gradients as plain DDP.
+        train(os.path.join(cli.output_dir, "bf16"), world, accumulation=2, bf16=True)
+        train(os.path.join(cli.output_dir, "bf16_plain"), world, accumulation=2, bf16=True, confusion=False)
         if world > 1:
             from fsdp_metrics import check
 
