@@ -49,7 +49,7 @@ from .detectors import Detector, build_detector
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
 from .switch import CriticalPeriodCallback
 
-__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "RESERVED_KEYS"]
+__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "RESERVED_KEYS"]
 
 #: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
 ROWS_KEY = "hf_critical_rows_per_sample"
@@ -186,6 +186,21 @@ def check_deepspeed(args: Any, metrics: Any, enabled: bool = False) -> None:
         )
 
 
+def check_fsdp(fsdp_plugin: Any, metrics: Any) -> None:
+    """Raise for FSDP version 1 with dynamics metrics on (FSDP2 is supported).
+
+    FSDP1 flattens each wrapped module's parameters into one sharded buffer: the named parameters
+    the metrics select become views of uneven slices (or empty), not tensors that say which slice
+    they hold, so per-layer partial sums cannot be matched across ranks. FSDP2 (``fully_shard``)
+    keeps every parameter as a DTensor shard, which the metrics reduce correctly.
+    """
+    if fsdp_plugin is not None and metrics and getattr(fsdp_plugin, "fsdp_version", 1) == 1:
+        raise ValueError(
+            f"CriticalPeriodTrainer measures {list(metrics)} under FSDP version 2 only, got version 1: set "
+            "fsdp_config={'version': 2, ...} (see docs/distributed.md), or dynamics_metrics='none'."
+        )
+
+
 def _ddp_module(model) -> torch.nn.parallel.DistributedDataParallel | None:
     return model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
 
@@ -258,6 +273,7 @@ class CriticalPeriodTrainer(Trainer):
         self.add_callback(self.switch)
 
         check_deepspeed(self.args, self.dynamics.metrics, enabled=self.is_deepspeed_enabled)
+        check_fsdp(getattr(self.accelerator.state, "fsdp_plugin", None), self.dynamics.metrics)
 
         self._step_plan: _StepPlan | None = None
         self._step_rows_per_sample = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from helpers import common_args, text_dataset, tiny_bert
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
 from hf_critical.metrics import confusion_from_norms, gradient_confusion, squared_norms
-from hf_critical.trainer import check_deepspeed
+from hf_critical.trainer import check_deepspeed, check_fsdp
 
 
 def _args(tmp_path, **overrides):
@@ -39,6 +40,14 @@ def test_deepspeed_without_metrics_passes_the_guard(tmp_path, monkeypatch):
     check_deepspeed(args, [], enabled=True)
     with pytest.raises(ValueError):
         check_deepspeed(args, ["gradient_predictability"], enabled=True)
+
+
+def test_fsdp_version_1_with_metrics_is_refused():
+    with pytest.raises(ValueError, match="FSDP version 2 only"):
+        check_fsdp(SimpleNamespace(fsdp_version=1), ["layer_rotation"])
+    check_fsdp(SimpleNamespace(fsdp_version=2), ["layer_rotation"])
+    check_fsdp(SimpleNamespace(fsdp_version=1), [])
+    check_fsdp(None, ["layer_rotation"])
 
 
 def _per_layer(grads):
