@@ -523,7 +523,7 @@ def _predict(model, tokenizer, rows: Sequence[Sequence[str]], max_length: int, b
     device = _device(model)
     predictions = []
     for begin in range(0, len(rows), batch_size):
-        columns = list(zip(*rows[begin : begin + batch_size]))
+        columns = [list(column) for column in zip(*rows[begin : begin + batch_size])]
         encoded = tokenizer(*columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
             predictions.append(model(**encoded.to(device)).logits.argmax(-1).cpu())
@@ -638,7 +638,7 @@ def text_robustness(
             for eps in epsilons:
                 fooled = []
                 for begin in range(0, len(rows), batch_size):
-                    columns = list(zip(*rows[begin : begin + batch_size]))
+                    columns = [list(column) for column in zip(*rows[begin : begin + batch_size])]
                     encoded = tokenizer(*columns, truncation=True, max_length=max_length, padding=True,
                                         return_special_tokens_mask=True, return_tensors="pt").to(device)  # fmt: skip
                     fooled.append(_embedding_attack_fooled(
