@@ -49,7 +49,7 @@ from .detectors import Detector, build_detector
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
 from .switch import CriticalPeriodCallback
 
-__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "RESERVED_KEYS"]
+__all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "check_launch", "RESERVED_KEYS"]
 
 #: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
 ROWS_KEY = "hf_critical_rows_per_sample"
@@ -186,6 +186,23 @@ def check_deepspeed(args: Any, metrics: Any, enabled: bool = False) -> None:
         )
 
 
+def check_launch(args: Any) -> None:
+    """Raise when a launcher started several processes but the training arguments run each one alone.
+
+    Under ``torchrun`` on a machine without GPUs, `TrainingArguments` sets up distributed training
+    only with ``use_cpu=True``; otherwise every process trains its own model on the whole data set
+    and, being rank 0 of a world of one, writes the same ``output_dir`` (dynamics.jsonl, checkpoints).
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    world = getattr(args, "world_size", 1)
+    if launched > 1 and world == 1:
+        raise ValueError(
+            f"launched as {launched} processes (WORLD_SIZE={launched}) but the TrainingArguments run a single "
+            "process each: every process would train its own model on all the data and write the same output_dir. "
+            "On a machine without GPUs pass use_cpu=True (--use_cpu true) to train with DDP over gloo."
+        )
+
+
 def check_fsdp(fsdp_plugin: Any, metrics: Any) -> None:
     """Raise for FSDP version 1 with dynamics metrics on (FSDP2 is supported).
 
@@ -251,6 +268,8 @@ class CriticalPeriodTrainer(Trainer):
             metrics = getattr(training_args, "dynamics_metrics", None) if training_args is not None else None
             metrics = DynamicsCallback(metrics=metrics).metrics if metrics is not None else ["default"]
         check_deepspeed(training_args, metrics)
+        if training_args is not None:
+            check_launch(training_args)
         super().__init__(*args, **kwargs)
         existing = [cb for cb in self.callback_handler.callbacks if isinstance(cb, DynamicsCallback)]
         if dynamics_callback is not None and existing and dynamics_callback is not existing[0]:

@@ -12,7 +12,7 @@ from helpers import common_args, text_dataset, tiny_bert
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
 from hf_critical.metrics import confusion_from_norms, gradient_confusion, squared_norms
-from hf_critical.trainer import check_deepspeed, check_fsdp
+from hf_critical.trainer import check_deepspeed, check_fsdp, check_launch
 
 
 def _args(tmp_path, **overrides):
@@ -48,6 +48,18 @@ def test_fsdp_version_1_with_metrics_is_refused():
     check_fsdp(SimpleNamespace(fsdp_version=2), ["layer_rotation"])
     check_fsdp(SimpleNamespace(fsdp_version=1), [])
     check_fsdp(None, ["layer_rotation"])
+
+
+def test_several_launched_processes_each_training_alone_are_refused(tmp_path, monkeypatch):
+    """torchrun on CPU without use_cpu=True: TrainingArguments run every process alone (world size 1)."""
+    args = _args(tmp_path, detector="never")
+    assert args.world_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="use_cpu=True"):
+        CriticalPeriodTrainer(model=tiny_bert(), args=args, train_dataset=text_dataset(16))
+    check_launch(SimpleNamespace(world_size=2))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(args)
 
 
 def _per_layer(grads):
