@@ -108,6 +108,12 @@ def test_two_processes_train_and_measure_like_one(two_process_runs, one_process_
             for key in SHARED_METRICS:
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (key, mine["step"])
             assert -1.0 <= mine["dynamics/gradient_confusion"] <= 1.0
+            if run != "accumulation":
+                # One process splits its batch of 16 into halves of 8: here exactly the two ranks' batches.
+                # (With accumulation each rank's gradient spans two micro-batches of 4: another partition.)
+                assert mine["dynamics/gradient_confusion"] == pytest.approx(
+                    theirs["dynamics/gradient_confusion"], abs=1e-5
+                )
     assert results[0]["history"] == results[1]["history"]
 
 
