@@ -173,7 +173,7 @@ class RobustnessArguments:
 
     def epsilons_for(self, modality: str) -> tuple[float, ...]:
         default = DEFAULT_IMAGE_EPSILONS if modality == "image" else DEFAULT_TEXT_EPSILONS
-        return parse_epsilons(self.robustness_epsilons or default)
+        return parse_epsilons(default if self.robustness_epsilons is None else self.robustness_epsilons)
 
 
 # ---- the subset -----------------------------------------------------------------------------------

@@ -34,6 +34,15 @@ GOOD = ["the film is good", "a very good movie", "good plot", "the movie was goo
 BAD = ["the film is bad", "a very bad movie", "bad plot", "the movie was bad", "bad"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def separable_images(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dark (class 0, pixels in [0, 0.4]) and bright (class 1, [0.6, 1]) 8x8 images."""
     g = torch.Generator().manual_seed(seed)
