@@ -315,7 +315,10 @@ class RandomChoiceTextAugmenter:
         return f"{type(self).__name__}([{', '.join(self.names)}])"
 
 
-def default_text_augmenter() -> RandomChoiceTextAugmenter:
+TEXT_NOISE_KINDS = ("keyboard", "word_swap", "word_delete")
+
+
+def default_text_augmenter(kinds: Sequence[str] = TEXT_NOISE_KINDS) -> RandomChoiceTextAugmenter:
     """Light offline character/word noise: each text gets one of keyboard typos, a word swap, a word deletion.
 
     Built from nlpaug augmenters that need no download (``SynonymAug`` / ``ContextualWordEmbsAug``
@@ -323,32 +326,38 @@ def default_text_augmenter() -> RandomChoiceTextAugmenter:
     in the thousands of 12-word sentences per second on one CPU core. Measured on SST-2 with
     MiniLM, this kind of noise *hurt* accuracy: treat it as a baseline to measure, not a default
     that helps.
+
+    Args:
+        kinds: which of ``"keyboard"``, ``"word_swap"``, ``"word_delete"`` to choose from;
+            ``("word_swap", "word_delete")`` keeps the two offline operations of EDA
+            (Wei & Zou, 2019) and drops the typos.
     """
     import nlpaug.augmenter.char as nac  # slow import (pulls in transformers): only when used
     import nlpaug.augmenter.word as naw
 
+    unknown = [kind for kind in kinds if kind not in TEXT_NOISE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"`kinds` must be a non-empty subset of {list(TEXT_NOISE_KINDS)}, got {list(kinds)}")
     settings = {
-        "KeyboardAug": dict(
-            aug_char_p=0.1,
-            aug_char_max=2,
-            aug_word_p=0.1,
-            aug_word_max=2,
-            include_special_char=False,
-            include_numeric=False,
-            include_upper_case=False,
+        "keyboard": (
+            "KeyboardAug",
+            nac.KeyboardAug,
+            dict(
+                aug_char_p=0.1,
+                aug_char_max=2,
+                aug_word_p=0.1,
+                aug_word_max=2,
+                include_special_char=False,
+                include_numeric=False,
+                include_upper_case=False,
+            ),
         ),
-        "RandomWordAug(swap)": dict(action="swap", aug_p=0.1, aug_max=2),
-        "RandomWordAug(delete)": dict(action="delete", aug_p=0.1, aug_max=2),
+        "word_swap": ("RandomWordAug", naw.RandomWordAug, dict(action="swap", aug_p=0.1, aug_max=2)),
+        "word_delete": ("RandomWordAug", naw.RandomWordAug, dict(action="delete", aug_p=0.1, aug_max=2)),
     }
-    augmenters = [
-        nac.KeyboardAug(**settings["KeyboardAug"]),
-        naw.RandomWordAug(**settings["RandomWordAug(swap)"]),
-        naw.RandomWordAug(**settings["RandomWordAug(delete)"]),
-    ]
-    names = [
-        f"{name.split('(')[0]}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-        for name, kwargs in settings.items()
-    ]
+    chosen = [settings[kind] for kind in TEXT_NOISE_KINDS if kind in kinds]
+    augmenters = [cls(**kwargs) for _, cls, kwargs in chosen]
+    names = [f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" for name, _, kwargs in chosen]
     return RandomChoiceTextAugmenter(augmenters, names)
 
 

@@ -46,7 +46,12 @@ from transformers import (
     set_seed,
 )
 
-from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, TextAugmentationCollator
+from hf_critical import (
+    CriticalPeriodArguments,
+    CriticalPeriodTrainer,
+    TextAugmentationCollator,
+    default_text_augmenter,
+)
 from hf_critical.energy import track_energy
 from hf_critical.evaluation import glue_compute_metrics
 from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
@@ -56,7 +61,7 @@ from hf_critical.savings import TrainingCostCallback
 
 logger = logging.getLogger(__name__)
 
-TEXT_AUGMENTERS = ("default", "none")
+TEXT_AUGMENTERS = ("default", "word", "none")
 
 
 @dataclass
@@ -70,6 +75,13 @@ class ModelArguments:
     model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a model whose classifier head has another number of labels."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config settings applied before the weights load, e.g. 'num_hidden_layers=2' keeps the "
+            "first two layers of a pretrained encoder (the rest are not loaded)."
+        },
     )
 
 
@@ -90,7 +102,10 @@ class DataTrainingArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
     text_augmenter: str = field(
         default="default",
-        metadata={"help": f"One of {list(TEXT_AUGMENTERS)}: nlpaug character/word noise, or no change."},
+        metadata={
+            "help": f"One of {list(TEXT_AUGMENTERS)}: nlpaug keyboard typos or word swaps/deletions ('default'), "
+            "word swaps/deletions only ('word', EDA's offline operations), or no change."
+        },
     )
 
     def __post_init__(self):
@@ -112,6 +127,15 @@ class DataTrainingArguments:
 def unchanged(texts: list[str]) -> list[str]:
     """The "none" augmenter."""
     return texts
+
+
+def text_augmenter(name: str):
+    """The augmenter called ``name`` (see `TEXT_AUGMENTERS`)."""
+    if name == "none":
+        return unchanged
+    if name == "word":
+        return default_text_augmenter(("word_swap", "word_delete"))
+    return default_text_augmenter()
 
 
 def parse_arguments(argv: list[str] | None):
@@ -167,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         revision=model_args.model_revision,
         **label_kwargs,
     )
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
         cache_dir=model_args.cache_dir,
@@ -183,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     collator = TextAugmentationCollator(
         tokenizer,
-        augmenter=None if data_args.text_augmenter == "default" else unchanged,
+        augmenter=text_augmenter(data_args.text_augmenter),
         copies=copies,
         text_fields=task.text_fields,
         label_field="label",
@@ -255,10 +281,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             "recipe": "run_glue",
             "task": task.name,
             "model": model_args.model_name_or_path,
+            "parameters": model.num_parameters(),
             "data": data_args.dataset_name or {"train": data_args.train_file, "validation": data_args.validation_file},
             "train_examples": len(train_dataset),
             "eval_examples": None if eval_dataset is None else len(eval_dataset),
-            "augmenter": repr(collator.augmenter) if data_args.text_augmenter == "default" else "none",
+            "augmenter": "none" if data_args.text_augmenter == "none" else repr(collator.augmenter),
             "metric": compute_metrics.metric.describe(),
         },
         train_energy=train_energy,

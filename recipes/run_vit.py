@@ -130,8 +130,12 @@ class DataTrainingArguments:
     )
     image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub data set."})
     label_column_name: str = field(default="label", metadata={"help": "Label column of a Hub data set."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep N training examples, drawn at random with the training seed."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep N validation examples, drawn at random with the training seed."}
+    )
     augment_policy: str = field(
         default="trivial", metadata={"help": f"Augmentation of the copies: one of {list(AUGMENT_POLICIES)}."}
     )
@@ -203,6 +207,13 @@ def load_splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: i
     return split_train_validation(raw["train"], _split_size(data_args.train_val_split), seed)
 
 
+def random_subset(dataset, size: int | None, seed: int):
+    """``size`` rows drawn with ``seed`` (all rows if None): image sets are often sorted by class, as CIFAR-10's npz files are."""
+    if size is None:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(min(len(dataset), size)))
+
+
 def _split_size(value: float) -> float | int:
     return int(value) if value >= 1 else value
 
@@ -229,10 +240,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             f"the training data needs an image and a label column; found {train_dataset.column_names} "
             "(set `image_column_name` / `label_column_name`)"
         )
-    if data_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
-    if data_args.max_eval_samples is not None:
-        eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+    train_dataset = random_subset(train_dataset, data_args.max_train_samples, training_args.seed)
+    eval_dataset = random_subset(eval_dataset, data_args.max_eval_samples, training_args.seed)
     label_names = getattr(train_dataset.features["label"], "names", None)
     if label_names is None:
         raise ValueError(

@@ -220,6 +220,16 @@ def test_text_padding_max_length(tokenizer) -> None:
     assert batch["input_ids"].shape == (10, 16) and batch[SINGLE_KEY]["input_ids"].shape == (5, 16)
 
 
+def test_default_augmenter_kinds_choose_its_operations() -> None:
+    words = default_text_augmenter(("word_swap", "word_delete"))
+    assert "KeyboardAug" not in repr(words) and "action='swap'" in repr(words) and "action='delete'" in repr(words)
+    assert len(words.augmenters) == 2
+    with pytest.raises(ValueError, match=r"`kinds` must be a non-empty subset of .*got \['synonym'\]"):
+        default_text_augmenter(("synonym",))
+    with pytest.raises(ValueError, match="`kinds` must be a non-empty subset"):
+        default_text_augmenter(())
+
+
 def test_default_augmenter_changes_texts_and_keeps_count(tokenizer) -> None:
     augmenter = default_text_augmenter()
     assert isinstance(augmenter, RandomChoiceTextAugmenter)

@@ -207,6 +207,21 @@ def test_run_glue_pair_and_regression_tasks(run_glue, bert_folder, tmp_path, tas
     assert results["energy"] == {"train": None, "eval": None}
 
 
+def test_run_glue_word_augmenter_and_a_truncated_pretrained_encoder(run_glue, bert_folder, sst2_files, tmp_path):
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path", bert_folder, "--task_name", "sst2", "--train_file", sst2_files[0],
+        "--validation_file", sst2_files[1], "--output_dir", str(out), "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--augment_copies", "2", "--text_augmenter", "word",
+        "--config_overrides", "num_hidden_layers=1", "--track_energy", "false", *COMMON,
+    ]  # fmt: skip
+    results = run_glue.main(argv)
+    assert "RandomWordAug" in results["run"]["augmenter"] and "KeyboardAug" not in results["run"]["augmenter"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 1  # the tiny BERT has 2: only the first is kept
+    assert results["run"]["parameters"] < tiny_bert(vocab_size=saved["vocab_size"]).num_parameters()
+
+
 def test_run_glue_rejects_bad_input(run_glue, bert_folder, sst2_files, tmp_path):
     base = ["--model_name_or_path", bert_folder, "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
     with pytest.raises(ValueError, match="`task_name` must be one of"):
@@ -257,6 +272,17 @@ def test_run_vit_on_sklearn_digits_from_config(run_vit, tmp_path, capsys):
     assert "eval_accuracy            : " in printed
     assert "training rows            : 600 measured; 800 without the switch (derived); saved 25.0 %" in printed
     assert (out / "preprocessor_config.json").exists() and (out / "dynamics.png").exists()
+
+
+def test_run_vit_subsets_are_drawn_at_random_from_class_sorted_data(run_vit):
+    from datasets import Dataset
+
+    sorted_by_class = Dataset.from_dict({"label": [c for c in range(5) for _ in range(40)]})
+    subset = run_vit.random_subset(sorted_by_class, 20, seed=0)
+    assert len(subset) == 20 and len(set(subset["label"])) >= 4  # the first 20 rows would all be class 0
+    assert subset["label"] == run_vit.random_subset(sorted_by_class, 20, seed=0)["label"]
+    assert run_vit.random_subset(sorted_by_class, None, seed=0) is sorted_by_class
+    assert len(run_vit.random_subset(sorted_by_class, 500, seed=1)) == 200
 
 
 def test_run_vit_pretrained_folder_npz_files_and_json_arguments(run_vit, tmp_path):

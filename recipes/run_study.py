@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Run a study: a grid of recipe runs (tasks x arms x seeds), then its CSV, tables and plots.
+
+    python recipes/run_study.py recipes/configs/study_cpu.yaml            # run what is missing, then report
+    python recipes/run_study.py recipes/configs/study_cpu.yaml --tasks digits --dry_run
+    python recipes/run_study.py recipes/configs/study_cpu.yaml --report_only
+
+Runs whose results already exist are skipped, so an interrupted study resumes where it stopped; a
+failed run leaves ``study_failure.json`` in its folder and the others go on (it is retried on the
+next invocation unless ``--skip_failed``). Writes ``runs.csv``, ``replay.csv``, ``summary.md``,
+``summary.json`` and ``plots/`` into the study's ``output_dir``. See ``hf_critical.study`` for the
+file format and the arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from hf_critical import study
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="the study file (.yaml or .json)")
+    parser.add_argument("--tasks", nargs="+", help="run only these tasks (all by default)")
+    parser.add_argument("--data_dir", help="replaces the file's data_dir (default ../shared/data)")
+    parser.add_argument("--output_dir", help="replaces the file's output_dir")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs and their status, run nothing")
+    parser.add_argument("--report_only", action="store_true", help="run nothing, write the report from what exists")
+    parser.add_argument("--skip_failed", action="store_true", help="do not retry runs that failed before")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds after which a run is stopped and failed")
+    args = parser.parse_args(argv)
+
+    config = study.load_config(args.config, {"data_dir": args.data_dir, "output_dir": args.output_dir})
+    if not os.path.isdir(config.data_dir):
+        needs_data = any("{data_dir}" in repr(task.args) + repr(task.clean) for task in config.tasks)
+        if needs_data:
+            print(
+                f"data_dir {config.data_dir!r} does not exist: give --data_dir (the GLUE TSVs and CIFAR-10 npz files)"
+            )
+            return 2
+    runs = study.plan_runs(config, args.tasks)
+    if args.dry_run:
+        for run in runs:
+            print(f"{study.run_status(run):8s} {run.key}  ({run.recipe}, {run.output_dir})")
+        print(f"{len(runs)} runs")
+        return 0
+    start = time.perf_counter()
+    if not args.report_only:
+        statuses = study.execute(config, runs, retry_failed=not args.skip_failed, timeout=args.timeout)
+        failed = [key for key, status in statuses.items() if status == "failed"]
+        print(
+            f"study: {len(statuses) - len(failed)} runs done, {len(failed)} failed, {time.perf_counter() - start:.0f} s"
+        )
+    paths = study.report(config, study.plan_runs(config))
+    for name, path in paths.items():
+        print(f"{name:8s}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

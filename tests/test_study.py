@@ -1,0 +1,313 @@
+"""The study runner: configuration checks, the grid, the validation rule, detector replay, aggregation, and a real run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+
+import pytest
+from helpers import common_args, image_dataset, tiny_vit
+
+from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator, study
+from hf_critical.plotting import read_dynamics
+
+
+def minimal(**overrides) -> dict:
+    raw = {
+        "output_dir": "out",
+        "seeds": [0, 1],
+        "data_dir": "/data",
+        "tasks": {
+            "digits": {
+                "recipe": "run_vit",
+                "clean": {"augment_policy": "none"},
+                "args": {"train_file": "{data_dir}/x.npz", "num_train_epochs": 4},
+                "arms": [
+                    "none",
+                    "full",
+                    "fixed@2ep",
+                    "fixed@30",
+                    "stability:all",
+                    "fukase_rotation_angle",
+                    "validation",
+                ],
+            }
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+# ---- configuration ----------------------------------------------------------------------------------
+
+
+def test_arm_names_are_parsed_into_recipe_arguments():
+    clean = {"augment_policy": "none"}
+    assert study.parse_arm("none").recipe_args(clean) == {
+        "augment_policy": "none",
+        "augment_copies": 1,
+        "detector": "never",
+    }
+    assert study.parse_arm("full").recipe_args(clean) == {"detector": "never"}
+    assert study.parse_arm("fixed@2.5ep").recipe_args(clean) == {"detector": "fixed", "detector_switch_epoch": 2.5}
+    assert study.parse_arm("fixed@30").recipe_args(clean) == {"detector": "fixed", "detector_switch_step": 30}
+    assert study.parse_arm("stability:layer_rotation").recipe_args(clean) == {
+        "detector": "stability",
+        "detector_metrics": ["layer_rotation"],
+    }
+    both = study.parse_arm("stability:gradient_confusion+layer_rotation")
+    assert both.metrics == ("gradient_confusion", "layer_rotation")
+    assert study.parse_arm("stability:all").metrics == (
+        "gradient_confusion",
+        "gradient_predictability",
+        "layer_rotation",
+    )
+    assert study.parse_arm("fukase_confusion_iqr").recipe_args(clean) == {"detector": "fukase_confusion_iqr"}
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("sometimes", "unknown arm 'sometimes'"),
+        ("fixed@soon", "fixed@soon"),
+        ("fixed@0", "fixed@0"),
+        ("stability:loss", "unknown metric(s) ['loss']"),
+        ("", "non-empty string"),
+    ],
+)
+def test_bad_arm_names_are_named_in_the_error(name, message):
+    with pytest.raises(ValueError) as err:
+        study.parse_arm(name)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda raw: raw.update(sedes=[0]), "unknown key(s) ['sedes']"),
+        (lambda raw: raw.pop("seeds"), "'seeds' is required"),
+        (lambda raw: raw.update(seeds=[0, 0]), "lists a seed twice"),
+        (lambda raw: raw.update(seeds=["0"]), "non-empty list of integers"),
+        (lambda raw: raw.update(threads=0), "'threads' must be an integer >= 1"),
+        (lambda raw: raw["tasks"]["digits"].update(recipe="run_bert"), "'recipe' must be one of"),
+        (lambda raw: raw["tasks"]["digits"].update(arms=["validation", "none"]), "list 'full' too"),
+        (lambda raw: raw["tasks"]["digits"].update(arms=["full", "full"]), "listed twice"),
+        (lambda raw: raw["tasks"]["digits"].update(arms=[]), "at least one arm"),
+        (lambda raw: raw["tasks"]["digits"]["args"].update(seed=3), "'seed' is set by the study"),
+        (lambda raw: raw["tasks"]["digits"].update(epochs=3), "unknown key(s) ['epochs']"),
+        (lambda raw: raw.update(depth_groups={"vit": {"digits8": 8}}), "unknown task(s) ['digits8']"),
+        (lambda raw: raw.update(validation_patience=0), "'validation_patience' must be an integer >= 1"),
+    ],
+)
+def test_bad_study_files_are_refused_with_the_reason(change, message):
+    raw = minimal()
+    change(raw)
+    with pytest.raises(ValueError) as err:
+        study.config_from_dict(raw, source="s.yaml")
+    assert message in str(err.value)
+    assert "s.yaml" in str(err.value)
+
+
+def test_plan_orders_the_grid_and_sets_each_arms_arguments(tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(minimal()))
+    config = study.load_config(path, {"output_dir": str(tmp_path / "o"), "data_dir": None})
+    runs = study.plan_runs(config)
+    assert len(runs) == 7 * 2
+    assert [run.arm.name for run in runs[-2:]] == ["validation", "validation"]  # after every 'full' run
+    by_key = {run.key: run for run in runs}
+    none = by_key["digits/none/seed1"]
+    assert none.args["augment_copies"] == 1 and none.args["augment_policy"] == "none" and none.args["seed"] == 1
+    assert none.args["train_file"] == "/data/x.npz"
+    assert none.output_dir == os.path.join(str(tmp_path / "o"), "runs", "digits", "none", "seed1")
+    assert by_key["digits/full/seed0"].args["eval_strategy"] == "epoch"  # the validation rule reads its curve
+    assert "eval_strategy" not in by_key["digits/fixed@2ep/seed0"].args
+    assert by_key["digits/stability:all/seed0"].output_dir.endswith(os.path.join("stability_all", "seed0"))
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['cifar'\]"):
+        study.plan_runs(config, ["cifar"])
+
+
+def test_validation_rule_fires_where_patience_runs_out():
+    history = [(10, 1.0, 0.50), (20, 2.0, 0.60), (30, 3.0, 0.60), (40, 4.0, 0.58), (50, 5.0, 0.70)]
+    assert study.validation_switch_step(history, patience=2) == 40
+    assert study.validation_switch_step(history, patience=1) == 30
+    assert study.validation_switch_step(history, patience=3) is None
+    assert study.validation_switch_step(history, patience=1, min_delta=0.2) == 20
+
+
+# ---- aggregation ------------------------------------------------------------------------------------
+
+
+def test_summary_averages_seeds_and_compares_with_full():
+    rows = [
+        {
+            "task": "t",
+            "arm": "full",
+            "seed": 0,
+            "status": "done",
+            "accuracy": 0.90,
+            "train_seconds": 100.0,
+            "training_rows": 400,
+        },
+        {
+            "task": "t",
+            "arm": "full",
+            "seed": 1,
+            "status": "done",
+            "accuracy": 0.92,
+            "train_seconds": 110.0,
+            "training_rows": 400,
+        },
+        {
+            "task": "t",
+            "arm": "stability:all",
+            "seed": 0,
+            "status": "done",
+            "accuracy": 0.89,
+            "train_seconds": 40.0,
+            "training_rows": 160,
+            "switch_epoch": 2.0,
+            "switch_step": 20,
+            "robust/fgsm_2/255": 0.5,
+        },
+        {"task": "t", "arm": "stability:all", "seed": 1, "status": "failed"},
+    ]
+    summary = {entry["arm"]: entry for entry in study.summarize(rows)}
+    full, detector = summary["full"], summary["stability:all"]
+    assert full["seeds"] == 2 and full["accuracy"] == pytest.approx(0.91)
+    assert full["accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.92]))
+    assert detector["seeds"] == 1 and detector["switched"] == 1
+    assert detector["time_saving"] == pytest.approx(1 - 40 / 105)
+    assert detector["rows_saving"] == pytest.approx(0.6)
+    assert detector["accuracy_vs_full_pp"] == pytest.approx(-2.0)
+    table = study.markdown_table(study.summarize(rows), "t")
+    assert "| stability:all | 1 | 89.00 | -2.00 | 2.0 |" in table
+    assert "fgsm_2/255 %" in table.splitlines()[0]
+
+
+def test_oracle_point_is_the_earliest_fixed_switch_without_loss():
+    summary = [
+        {"task": "t", "arm": "full", "accuracy": 0.900},
+        {"task": "t", "arm": "fixed@2ep", "switch_epoch": 2.0, "accuracy": 0.880},
+        {"task": "t", "arm": "fixed@5ep", "switch_epoch": 5.0, "accuracy": 0.898},
+        {"task": "t", "arm": "fixed@10ep", "switch_epoch": 10.0, "accuracy": 0.905},
+    ]
+    assert study.oracle_point(summary, "t")["arm"] == "fixed@5ep"
+    assert study.oracle_point(summary, "t", tolerance_pp=0.0)["arm"] == "fixed@10ep"
+    assert study.oracle_point(summary[:2], "t") is None
+
+
+# ---- replay -----------------------------------------------------------------------------------------
+
+
+def _train(tmp_path, name, detector_args):
+    args = CriticalPeriodArguments(
+        **common_args(
+            tmp_path / name,
+            max_steps=-1,
+            num_train_epochs=6,
+            per_device_train_batch_size=8,
+            optim="adamw_torch",
+            learning_rate=0.01,
+            dynamics_every_n_steps=1,
+            dynamics_metrics=["gradient_confusion", "gradient_predictability", "layer_rotation"],
+            **detector_args,
+        )
+    )
+    collator = ImageAugmentationCollator(policy="crop_flip", copies=2, on_device=True, seed=0, value_range=(-3.0, 3.0))
+    trainer = CriticalPeriodTrainer(
+        model=tiny_vit(), args=args, train_dataset=image_dataset(48), data_collator=collator
+    )
+    trainer.train()
+    return trainer
+
+
+def test_replaying_a_detector_on_the_full_run_gives_the_step_it_switches_at(tmp_path):
+    window = {"detector_window": "1ep", "detector_warmup": "1ep", "detector_threshold": 0.3, "detector_patience": 2}
+    full = _train(tmp_path, "full", {"detector": "never"})
+    records = read_dynamics(os.path.join(full.args.output_dir, "dynamics.jsonl"))
+    task = study.Task("t", "run_vit", dict(window), [study.parse_arm("stability:layer_rotation")])
+    kwargs = study.task_detector_kwargs(task, task.arms[0])
+    assert kwargs["window"] == "1ep" and kwargs["metrics"] == ["layer_rotation"]
+    name = kwargs.pop("name")
+    replayed = study.replay_detector(records, steps_per_epoch=6, num_epochs=6.0, name=name, **kwargs)
+    assert replayed is not None and replayed < 36
+
+    real = _train(tmp_path, "real", {"detector": "stability", "detector_metrics": ["layer_rotation"], **window})
+    assert real.critical_period["switch_step"] == replayed
+
+
+# ---- a real study, end to end -----------------------------------------------------------------------
+
+
+def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports(tmp_path):
+    common = {
+        "dataset_name": "sklearn_digits",
+        "train_val_split": 100,
+        "max_train_samples": 64,
+        "config_overrides": "patch_size=4,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=16",
+        "augment_policy": "affine",
+        "augment_copies": 2,
+        "num_train_epochs": 3,
+        "per_device_train_batch_size": 32,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "dynamics_every_n_steps": 1,
+        "track_energy": False,
+    }
+    raw = {
+        "output_dir": str(tmp_path / "study"),
+        "seeds": [0],
+        "threads": 1,
+        "validation_patience": 1,
+        "tasks": {
+            "digits": {
+                "recipe": "run_vit",
+                "clean": {"augment_policy": "none"},
+                "args": common,
+                "arms": ["full", "validation"],
+            },
+            "broken": {"recipe": "run_vit", "args": {**common, "augment_policy": "sharpen"}, "arms": ["full"]},
+        },
+    }
+    config = study.config_from_dict(raw)
+    runs = study.plan_runs(config)
+    messages = []
+    statuses = study.execute(config, runs, echo=messages.append)
+    assert statuses == {"digits/full/seed0": "done", "broken/full/seed0": "failed", "digits/validation/seed0": "done"}
+    failure = json.loads((tmp_path / "study" / "runs" / "broken" / "full" / "seed0" / study.FAILURE_FILE).read_text())
+    assert failure["returncode"] != 0 and "augment_policy" in failure["log_tail"]
+    full_dir = tmp_path / "study" / "runs" / "digits" / "full" / "seed0"
+    assert not list(full_dir.glob("*.safetensors"))  # keep_models is off: the weights are dropped
+    history = study.eval_history(str(full_dir))
+    assert [step for step, _, _ in history] == [2, 4, 6]  # one evaluation per epoch, for the validation rule
+    validation_args = json.loads(
+        (tmp_path / "study" / "runs" / "digits" / "validation" / "seed0" / study.ARGS_FILE).read_text()
+    )
+    expected = study.validation_switch_step(history, patience=1)
+    assert validation_args.get("detector_switch_step") == expected or (
+        expected is None and validation_args["detector"] == "never"
+    )
+
+    messages.clear()
+    again = study.execute(config, runs, retry_failed=False, echo=messages.append)
+    assert again == statuses and all("skipped" in message for message in messages)
+
+    paths = study.report(config, runs)
+    with open(paths["runs"], encoding="utf-8") as fh:
+        rows = {(row["task"], row["arm"]): row for row in csv.DictReader(fh)}
+    assert rows[("broken", "full")]["status"] == "failed" and rows[("broken", "full")]["accuracy"] == ""
+    full_row = rows[("digits", "full")]
+    assert 0.0 <= float(full_row["accuracy"]) <= 1.0
+    assert float(full_row["in_training_eval_seconds"]) > 0
+    assert float(full_row["train_seconds"]) == pytest.approx(
+        float(full_row["train_runtime"]) - float(full_row["in_training_eval_seconds"])
+    )
+    assert int(full_row["training_rows"]) == 3 * 64 * 2
+    summary = (tmp_path / "study" / "summary.md").read_text()
+    assert "## digits" in summary and "Failed runs" in summary and "broken/full/seed0" in summary
+    assert os.path.isfile(tmp_path / "study" / "plots" / "digits_pareto.png")
