@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 LINT_PATHS := hf_critical recipes benchmarks tests
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo clean distclean
+.PHONY: install test lint demo study clean distclean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ test: $(STAMP)
 # The ViT recipe on scikit-learn's digits, k=4 until the stability detector fires; settings in the YAML file.
 demo: $(STAMP)
 	$(OFFLINE) $(PY) recipes/run_vit.py recipes/configs/demo_digits.yaml
+
+# The CPU study behind docs/results.md (about 1 h 45 min of CPU on 2 cores; see the YAML file).
+# Reads ../shared/data (DATA_DIR=... to change); runs already finished in outputs/study are skipped.
+DATA_DIR ?= ../shared/data
+study: $(STAMP)
+	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_cpu.yaml --data_dir $(DATA_DIR) $(STUDY_ARGS)
 
 clean:
 	rm -rf outputs build dist .pytest_cache .ruff_cache emissions.csv

@@ -548,6 +548,9 @@ def result_row(
         "train_energy_kwh_raw": energy,
     }
     row.update(_robustness_columns(results))
+    robustness = results.get("robustness") or {}
+    if robustness.get("clean_accuracy") is not None:
+        row["robust/clean"] = robustness["clean_accuracy"]  # the clean accuracy on the attacked subset
     return row
 
 
@@ -636,7 +639,15 @@ def _cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int
 def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
     """One task's arms as a markdown table (accuracy in %, time in s, energy in Wh, CO2 in g)."""
     entries = [e for e in summary if e["task"] == task]
-    robust = sorted({key for e in entries for key in e if key.startswith("robust/") and not key.endswith("_std")})
+    robust = sorted(
+        {
+            key
+            for e in entries
+            for key, value in e.items()
+            if key.startswith("robust/") and not key.endswith("_std") and value is not None
+        },
+        key=lambda key: (key != "robust/clean", key),
+    )
     header = [
         "arm",
         "seeds",
@@ -649,7 +660,10 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
         "time saved",
         "energy saved",
         "rows saved",
-        *[f"{key.removeprefix('robust/')} %" for key in robust],
+        *[
+            ("robust subset clean %" if key == "robust/clean" else f"{key.removeprefix('robust/')} %")
+            for key in robust
+        ],
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
@@ -923,13 +937,72 @@ def plot_metric_curves(run: Run, replayed: Sequence[Mapping[str, Any]], path: st
         if points:
             ax.plot(*zip(*points), lw=1, color="black")
         for i, row in enumerate(r for r in replayed if r.get("replayed_epoch") is not None):
-            ax.axvline(row["replayed_epoch"], color=f"C{i}", lw=1, label=row["detector"])
+            style = ("-", "--", ":", "-.")[i % 4]
+            ax.axvline(row["replayed_epoch"], color=f"C{i % 10}", lw=1.2, linestyle=style, label=row["detector"])
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     if any(row.get("replayed_epoch") is not None for row in replayed):
         axes[0].legend(fontsize=6)
     fig.suptitle(f"{run.task} ({run.arm.name}, seed {run.seed}); vertical lines: where each detector fires")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _smoothed(points: Sequence[tuple[float, float]], width: int) -> list[tuple[float, float]]:
+    """Trailing moving average over ``width`` measurements (confusion and predictability are noisy step to step)."""
+    out = []
+    for i in range(len(points)):
+        window = points[max(0, i - width + 1) : i + 1]
+        out.append((points[i][0], statistics.fmean(y for _, y in window)))
+    return out
+
+
+def plot_arm_curves(runs: Sequence[Run], path: str, width: int = 8) -> str | None:
+    """The three metrics of several runs (one per arm) against epochs, smoothed; a dot where each run switched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .callback import DYNAMICS_FILE
+    from .plotting import read_dynamics
+
+    curves = []
+    for run in runs:
+        try:
+            records = read_dynamics(os.path.join(run.output_dir, DYNAMICS_FILE))
+        except (FileNotFoundError, ValueError):
+            continue
+        switch_epoch = None
+        if os.path.isfile(run.results_path):
+            with open(run.results_path, encoding="utf-8") as fh:
+                switch_epoch = (json.load(fh).get("critical_period") or {}).get("switch_epoch")
+        curves.append((run, records, switch_epoch))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, metric in zip(axes, METRIC_NAMES):
+        for i, (run, records, switch_epoch) in enumerate(curves):
+            points = [
+                (float(r["epoch"]), float(r[metric]["value"]))
+                for r in records
+                if isinstance(r.get(metric), Mapping) and isinstance(r[metric].get("value"), (int, float))
+            ]
+            if not points:
+                continue
+            points = _smoothed(points, width)
+            ax.plot(*zip(*points), lw=0.9, color=f"C{i % 10}", label=run.arm.name)
+            if switch_epoch is not None:
+                y = min(points, key=lambda p: abs(p[0] - switch_epoch))[1]
+                ax.plot([switch_epoch], [y], "o", color=f"C{i % 10}", ms=4)
+        ax.set_title(f"{metric} (moving mean of {width})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=6)
+    first = curves[0][0]
+    fig.suptitle(f"{first.task}, seed {first.seed}: each arm's metrics; dots: where the arm switched to one copy")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -1048,6 +1121,12 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             )
             if curve:
                 lines.append(f"![{os.path.basename(curve)}](plots/{os.path.basename(curve)})")
+            seed_runs = [
+                r for r in runs if r.task == task.name and r.seed == full_run.seed and run_status(r) == "done"
+            ]
+            arms_plot = plot_arm_curves(seed_runs, os.path.join(out, "plots", f"{task.name}_arms.png"))
+            if arms_plot:
+                lines.append(f"![{os.path.basename(arms_plot)}](plots/{os.path.basename(arms_plot)})")
         lines.append("")
     if config.depth_groups:
         groups = {family: list(members.items()) for family, members in config.depth_groups.items()}

@@ -310,4 +310,5 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     assert int(full_row["training_rows"]) == 3 * 64 * 2
     summary = (tmp_path / "study" / "summary.md").read_text()
     assert "## digits" in summary and "Failed runs" in summary and "broken/full/seed0" in summary
-    assert os.path.isfile(tmp_path / "study" / "plots" / "digits_pareto.png")
+    for plot in ("digits_pareto.png", "digits_metrics.png", "digits_arms.png"):
+        assert os.path.isfile(tmp_path / "study" / "plots" / plot)
