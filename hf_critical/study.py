@@ -999,8 +999,9 @@ def plot_arm_curves(runs: Sequence[Run], path: str, width: int = 8) -> str | Non
         ax.set_title(f"{metric} (moving mean of {width})")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=6)
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if labelled:
+        labelled[0].legend(fontsize=6)
     first = curves[0][0]
     fig.suptitle(f"{first.task}, seed {first.seed}: each arm's metrics; dots: where the arm switched to one copy")
     fig.tight_layout()
