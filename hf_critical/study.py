@@ -33,6 +33,7 @@ and the study goes on. `collect` reads every result into rows; `summarize` avera
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import math
@@ -42,6 +43,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -378,34 +380,68 @@ def execute(
     *,
     retry_failed: bool = True,
     timeout: float | None = None,
+    jobs: int = 1,
     echo: Any = print,
 ) -> dict[str, str]:
-    """Run every pending run one after another (each in its own process); returns key -> status."""
-    statuses = {}
-    for index, run in enumerate(runs, start=1):
-        status = run_status(run)
-        if status == "done" or (status == "failed" and not retry_failed):
-            statuses[run.key] = status
-            echo(f"[{index}/{len(runs)}] {run.key}: {status}, skipped")
-            continue
-        args = dict(run.args)
-        if run.arm.kind == "validation":
-            full_dir = os.path.join(config.output_dir, "runs", run.task, "full", f"seed{run.seed}")
-            try:
-                history = eval_history(full_dir, _task(config, run.task).metric)
-            except FileNotFoundError:
-                statuses[run.key] = _fail(run, None, "the 'full' arm of this seed has no trainer_state.json", echo)
-                continue
-            step = validation_switch_step(history, config.validation_patience, config.validation_min_delta)
-            if step is None:
-                args["detector"] = "never"  # the rule never fired: the same run as 'full'
-            else:
-                args["detector_switch_step"] = step
-        env = dict(os.environ)
-        if config.threads is not None:
-            env.update(OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
-        statuses[run.key] = _execute_one(run, args, config.keep_models, timeout, env, f"[{index}/{len(runs)}]", echo)
-    return statuses
+    """Run every pending run, each in its own process, ``jobs`` at a time; returns key -> status.
+
+    Runs start in the planned order. A ``validation`` run waits for the ``full`` run of its seed
+    (whose evaluations it reads) when that one is still running.
+    """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"`jobs` must be an integer >= 1, got {jobs!r}")
+    finished = {run.key: threading.Event() for run in runs}
+    statuses: dict[str, str] = {}
+
+    def one(index: int, run: Run) -> None:
+        prefix = f"[{index}/{len(runs)}]"
+        try:
+            statuses[run.key] = _run_or_skip(config, run, retry_failed, timeout, prefix, finished, echo)
+        finally:
+            finished[run.key].set()
+
+    if jobs == 1:
+        for index, run in enumerate(runs, start=1):
+            one(index, run)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(one, index, run) for index, run in enumerate(runs, start=1)]:
+                future.result()
+    return {run.key: statuses[run.key] for run in runs}
+
+
+def _run_or_skip(
+    config: StudyConfig,
+    run: Run,
+    retry_failed: bool,
+    timeout: float | None,
+    prefix: str,
+    finished: Mapping[str, threading.Event],
+    echo: Any,
+) -> str:
+    status = run_status(run)
+    if status == "done" or (status == "failed" and not retry_failed):
+        echo(f"{prefix} {run.key}: {status}, skipped")
+        return status
+    args = dict(run.args)
+    if run.arm.kind == "validation":
+        full_key = f"{run.task}/full/seed{run.seed}"
+        if full_key in finished:
+            finished[full_key].wait()
+        full_dir = os.path.join(config.output_dir, "runs", run.task, "full", f"seed{run.seed}")
+        try:
+            history = eval_history(full_dir, _task(config, run.task).metric)
+        except FileNotFoundError:
+            return _fail(run, None, "the 'full' arm of this seed has no trainer_state.json", echo)
+        step = validation_switch_step(history, config.validation_patience, config.validation_min_delta)
+        if step is None:
+            args["detector"] = "never"  # the rule never fired: the same run as 'full'
+        else:
+            args["detector_switch_step"] = step
+    env = dict(os.environ)
+    if config.threads is not None:
+        env.update(OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
+    return _execute_one(run, args, config.keep_models, timeout, env, prefix, echo)
 
 
 def _task(config: StudyConfig, name: str) -> Task:

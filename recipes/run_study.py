@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="run nothing, write the report from what exists")
     parser.add_argument("--skip_failed", action="store_true", help="do not retry runs that failed before")
     parser.add_argument("--timeout", type=float, default=None, help="seconds after which a run is stopped and failed")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs side by side (each with the study's `threads`); default 1"
+    )
     args = parser.parse_args(argv)
 
     config = study.load_config(args.config, {"data_dir": args.data_dir, "output_dir": args.output_dir})
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     if not args.report_only:
-        statuses = study.execute(config, runs, retry_failed=not args.skip_failed, timeout=args.timeout)
+        statuses = study.execute(config, runs, retry_failed=not args.skip_failed, timeout=args.timeout, jobs=args.jobs)
         failed = [key for key, status in statuses.items() if status == "failed"]
         print(
             f"study: {len(statuses) - len(failed)} runs done, {len(failed)} failed, {time.perf_counter() - start:.0f} s"

@@ -277,7 +277,10 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     config = study.config_from_dict(raw)
     runs = study.plan_runs(config)
     messages = []
-    statuses = study.execute(config, runs, echo=messages.append)
+    with pytest.raises(ValueError, match="`jobs` must be an integer >= 1"):
+        study.execute(config, runs, jobs=0)
+    # Two at a time: the validation run waits for the full run of its seed, which runs beside it.
+    statuses = study.execute(config, runs, jobs=2, echo=messages.append)
     assert statuses == {"digits/full/seed0": "done", "broken/full/seed0": "failed", "digits/validation/seed0": "done"}
     failure = json.loads((tmp_path / "study" / "runs" / "broken" / "full" / "seed0" / study.FAILURE_FILE).read_text())
     assert failure["returncode"] != 0 and "augment_policy" in failure["log_tail"]
