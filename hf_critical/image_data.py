@@ -203,7 +203,15 @@ class ImageTransform:
         if hasattr(image, "convert"):  # PIL
             image = image.convert("L" if self.num_channels == 1 else "RGB")
         array = np.asarray(image)
-        scale = 255.0 if array.dtype == np.uint8 else 1.0
+        # A datasets transform gets python lists, so uint8 arrays arrive as int64: any integer is 8-bit.
+        scale = 1.0
+        if np.issubdtype(array.dtype, np.integer):
+            if array.size and (array.min() < 0 or array.max() > 255):
+                raise ValueError(
+                    f"integer pixels must be 8-bit values in [0, 255], found [{array.min()}, {array.max()}] "
+                    "(give floats in [0, 1] otherwise)"
+                )
+            scale = 255.0
         pixels = torch.from_numpy(np.array(array, dtype=np.float32)) / scale
         if pixels.dim() == 2:
             pixels = pixels.unsqueeze(-1)

@@ -61,6 +61,21 @@ def test_transform_scales_resizes_and_normalises():
         ImageTransform((2, 2), mean=[0.5, 0.5, 0.5], std=[0.5] * 3, num_channels=1)
 
 
+def test_uint8_npz_images_reach_the_model_in_zero_one(tmp_path):
+    # datasets hands a transform python lists, so the uint8 pixels arrive as int64: they must still be scaled.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
+    pixels[0, 0, 0, 0] = 255
+    np.savez(tmp_path / "rgb.npz", x=pixels, y=np.array([0, 1, 0]))
+    data = load_npz_images(tmp_path / "rgb.npz")
+    data.set_transform(ImageTransform((4, 4), mean=None, std=None, num_channels=3))
+    first = data[0]["pixel_values"]
+    assert first.max() == 1.0 and first.min() >= 0.0
+    assert torch.allclose(first, torch.from_numpy(pixels[0].astype(np.float32) / 255).permute(2, 0, 1))
+    with pytest.raises(ValueError, match=r"integer pixels must be 8-bit values in \[0, 255\], found \[0, 1000\]"):
+        ImageTransform((2, 2), mean=None, std=None, num_channels=1)({"image": [[[0, 1000], [3, 4]]]})
+
+
 def test_normalized_value_range():
     assert normalized_value_range([0.5], [0.5]) == (-1.0, 1.0)
     low, high = normalized_value_range([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
