@@ -940,7 +940,9 @@ def plot_task(summary: Sequence[Mapping[str, Any]], task: str, path_prefix: str)
                 yerr=100 * (e.get("accuracy_std") or 0),
                 fmt=_marker(e["arm"]),
                 capsize=2,
-                label=e["arm"],
+                label=e["arm"]
+                if e["switched"] == e["seeds"]
+                else f"{e['arm']} (fired in {e['switched']}/{e['seeds']} seeds)",
             )
         ax.set_xlabel("switch epoch (k copies -> 1)")
         ax.set_ylabel("accuracy (%)")
@@ -1145,7 +1147,9 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
                 ]
                 lines.append(f"- {name}: " + "; ".join(cells))
             lines.append("")
-        for plot in plot_task(summary, task.name, os.path.join(out, "plots", task.name)):
+        several_arms = sum(e["task"] == task.name for e in summary) > 1
+        plots = plot_task(summary, task.name, os.path.join(out, "plots", task.name)) if several_arms else []
+        for plot in plots:
             lines.append(f"![{os.path.basename(plot)}](plots/{os.path.basename(plot)})")
         full_run = next(
             (r for r in runs if r.task == task.name and r.arm.kind == "full" and run_status(r) == "done"), None
@@ -1161,7 +1165,11 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             seed_runs = [
                 r for r in runs if r.task == task.name and r.seed == full_run.seed and run_status(r) == "done"
             ]
-            arms_plot = plot_arm_curves(seed_runs, os.path.join(out, "plots", f"{task.name}_arms.png"))
+            arms_plot = (
+                plot_arm_curves(seed_runs, os.path.join(out, "plots", f"{task.name}_arms.png"))
+                if several_arms
+                else None
+            )
             if arms_plot:
                 lines.append(f"![{os.path.basename(arms_plot)}](plots/{os.path.basename(arms_plot)})")
         lines.append("")
