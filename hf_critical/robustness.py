@@ -389,17 +389,11 @@ def image_robustness(
     clean = torch.cat(clean_correct)
     results = {}
     for attack, eps in plan:
-        pgd = attack == "pgd"
-        results[f"pgd{steps}_{epsilon_label(eps)}" if pgd else f"fgsm_{epsilon_label(eps)}"] = {
-            "accuracy": attack_accuracy(clean, torch.cat(fooled[(attack, eps)])),
-            "kind": attack,
-            "epsilon": eps,
-            "steps": steps if pgd else 1,
-            "step_size": PGD_STEP_FACTOR * eps / steps if pgd else eps,
-            "norm": "linf",
-            "random_start": pgd,
-            "space": "pixels in [0, 1], before normalisation",
-        }
+        name, record = _gradient_attack_record(
+            "", attack == "pgd", eps, steps, attack_accuracy(clean, torch.cat(fooled[(attack, eps)])),
+            norm="linf", space="pixels in [0, 1], before normalisation",
+        )  # fmt: skip
+        results[name] = record
     return _summary(len(clean), seed, clean, results, start)
 
 
@@ -409,6 +403,25 @@ def _check_attacks(attacks: Sequence[str], allowed: Sequence[str]) -> tuple[str,
     if unknown or not attacks:
         raise ValueError(f"`attacks` must name attacks from {list(allowed)}, got {list(attacks)}")
     return tuple(dict.fromkeys(attacks))
+
+
+def _gradient_attack_record(
+    prefix: str, pgd: bool, eps: float, steps: int, accuracy: float, *, norm: str, space: str, **extra: Any
+) -> tuple[str, dict[str, Any]]:
+    """The result name (``<prefix>pgd<steps>_<eps>`` / ``<prefix>fgsm_<eps>``) and record of one FGSM/PGD run."""
+    name = f"{prefix}pgd{steps}_{epsilon_label(eps)}" if pgd else f"{prefix}fgsm_{epsilon_label(eps)}"
+    record = {
+        "accuracy": accuracy,
+        "kind": "pgd" if pgd else "fgsm",
+        "epsilon": eps,
+        "steps": steps if pgd else 1,
+        "step_size": PGD_STEP_FACTOR * eps / steps if pgd else eps,
+        "norm": norm,
+        "random_start": pgd,
+        "space": space,
+        **extra,
+    }
+    return name, record
 
 
 def _summary(num_examples: int, seed: int, clean: torch.Tensor, attacks: dict, start: float) -> dict[str, Any]:
@@ -645,19 +658,13 @@ def text_robustness(
                         model, encoded, labels[begin : begin + batch_size].to(device), epsilon=eps * scale,
                         steps=steps if pgd else None, seed=seed, offset=begin,
                     ).cpu())  # fmt: skip
-                name = f"embedding_pgd{steps}_{epsilon_label(eps)}" if pgd else f"embedding_fgsm_{epsilon_label(eps)}"
-                results[name] = {
-                    "accuracy": attack_accuracy(clean, torch.cat(fooled)),
-                    "kind": "pgd" if pgd else "fgsm",
-                    "epsilon": eps,
-                    "steps": steps if pgd else 1,
-                    "step_size": PGD_STEP_FACTOR * eps / steps if pgd else eps,
-                    "norm": "l2_per_token",
-                    "random_start": pgd,
-                    "space": "input embeddings; epsilon relative to the mean embedding-row L2 norm",
-                    "embedding_scale": scale,
-                    "epsilon_absolute": eps * scale,
-                }
+                name, record = _gradient_attack_record(
+                    "embedding_", pgd, eps, steps, attack_accuracy(clean, torch.cat(fooled)),
+                    norm="l2_per_token",
+                    space="input embeddings; epsilon relative to the mean embedding-row L2 norm",
+                    embedding_scale=scale, epsilon_absolute=eps * scale,
+                )  # fmt: skip
+                results[name] = record
     return _summary(len(rows), seed, clean, results, start)
 
 

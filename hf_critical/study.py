@@ -792,11 +792,11 @@ def task_detector_kwargs(task: Task, arm: Arm) -> dict[str, Any] | None:
     return detector_kwargs(SimpleNamespace(**settings))
 
 
-def replay_rows(config: StudyConfig, runs: Sequence[Run], arms: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def replay_rows(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
     """For each finished ``full`` run: the step at which every detector arm of the study would have fired.
 
-    ``arms`` defaults to every detector arm listed by any task, so depth variants that only run
-    ``full`` get the same detectors replayed. Where the detector arm also ran, its real switch step
+    Every detector arm listed by any task is replayed on every task, so depth variants that only
+    run ``full`` get the same detectors. Where the detector arm also ran, its real switch step
     is given beside the replayed one (they agree when training is deterministic).
     """
     detector_arms: dict[str, Arm] = {}
@@ -804,8 +804,6 @@ def replay_rows(config: StudyConfig, runs: Sequence[Run], arms: Sequence[str] | 
         for arm in task.arms:
             if arm.kind in ("stability", "fukase"):
                 detector_arms.setdefault(arm.name, arm)
-    if arms is not None:
-        detector_arms = {name: parse_arm(name) for name in arms}
     from .callback import DYNAMICS_FILE
     from .plotting import read_dynamics
 
@@ -954,6 +952,15 @@ def plot_task(summary: Sequence[Mapping[str, Any]], task: str, path_prefix: str)
     return paths
 
 
+def _metric_points(records: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[float, float]]:
+    """(epoch, global value) of every ``dynamics.jsonl`` record that measured ``metric``."""
+    return [
+        (float(r["epoch"]), float(r[metric]["value"]))
+        for r in records
+        if isinstance(r.get(metric), Mapping) and isinstance(r[metric].get("value"), (int, float))
+    ]
+
+
 def plot_metric_curves(run: Run, replayed: Sequence[Mapping[str, Any]], path: str) -> str | None:
     """The three metrics of one ``full`` run against epochs, with the replayed fire point of each detector."""
     import matplotlib
@@ -970,8 +977,7 @@ def plot_metric_curves(run: Run, replayed: Sequence[Mapping[str, Any]], path: st
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, METRIC_NAMES):
-        points = [(r["epoch"], r[metric]["value"]) for r in records if isinstance(r.get(metric), Mapping)]
-        points = [(x, y) for x, y in points if isinstance(y, (int, float))]
+        points = _metric_points(records, metric)
         if points:
             ax.plot(*zip(*points), lw=1, color="black")
         for i, row in enumerate(r for r in replayed if r.get("replayed_epoch") is not None):
@@ -1022,11 +1028,7 @@ def plot_arm_curves(runs: Sequence[Run], path: str, width: int = 8) -> str | Non
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, metric in zip(axes, METRIC_NAMES):
         for i, (run, records, switch_epoch) in enumerate(curves):
-            points = [
-                (float(r["epoch"]), float(r[metric]["value"]))
-                for r in records
-                if isinstance(r.get(metric), Mapping) and isinstance(r[metric].get("value"), (int, float))
-            ]
+            points = _metric_points(records, metric)
             if not points:
                 continue
             points = _smoothed(points, width)
