@@ -33,6 +33,7 @@ key                   content
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -643,19 +644,68 @@ def push_outputs(request: HubPushRequest, output_dir: str, commit_message: str =
 
 
 def parse_recipe_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """Parse a recipe's argument dataclasses from one ``.json``/``.yaml`` file or from the command line."""
+    """Parse a recipe's argument dataclasses from the command line, or from a config file plus flags.
+
+    ``run.py config.yaml --seed 1 --resume_from_checkpoint X``: the ``.json``/``.yaml`` file gives the
+    values, the flags after it override them. A key of the file that no dataclass has is refused.
+    """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_args_into_dataclasses(args=argv)
+    path, flags = os.path.abspath(argv[0]), argv[1:]
+    values = _read_config_file(path)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{argv[0]}: unknown key(s) {unknown}; `--help` lists the recipe's arguments")
+    for action in parser._actions:
+        if action.dest in values:
+            # The file's value becomes the default; a flag given after the file overrides it.
+            action.default = values[action.dest]
+            action.required = False
+    return parser.parse_args_into_dataclasses(args=flags)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            values = json.load(f)
+        else:
+            import yaml
+
+            values = yaml.safe_load(f)
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    return values
 
 
 # ---- the end of a recipe ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _from_scratch_card(model):
+    """Make the Trainer's model card say "trained from scratch" for a model built from a config.
+
+    `TrainingSummary.from_trainer` takes ``config._name_or_path`` as the base model unless it is a
+    folder; for a model built from a config it is ``""``, which gave "a fine-tuned version of
+    [](https://huggingface.co/)". A folder name (``"."``) is not taken as a base model.
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_name_or_path", None) != "":
+        yield
+        return
+    config._name_or_path = "."
+    try:
+        yield
+    finally:
+        config._name_or_path = ""
 
 
 def finish_run(
@@ -720,7 +770,8 @@ def finish_run(
     tags = card_kwargs.get("tags") or []
     card_kwargs["tags"] = [tags] if isinstance(tags, str) else list(tags)
     card_kwargs["tags"] += [tag for tag in ("hf_critical", "critical-learning-period") if tag not in card_kwargs["tags"]]
-    trainer.create_model_card(**card_kwargs)
+    with _from_scratch_card(trainer.model):
+        trainer.create_model_card(**card_kwargs)
     plot_file = os.path.basename(paths["dynamics plot"]) if os.path.isfile(paths["dynamics plot"]) else None
     paths["model card"] = update_model_card(
         os.path.join(output_dir, "README.md"), model_card_section(results, reporting.results_file, plot_file)

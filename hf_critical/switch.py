@@ -10,6 +10,10 @@ Key                                Meaning
                                    steps after it train on one copy per sample
 ``critical_period/switch_epoch``   the same, in epochs (logged once)
 =================================  ===============================================================
+
+They go out with the Trainer's training log (every ``logging_steps``): the switch keys with the first
+training log at or after the switch step, never as a log entry of their own; ``augment/copies`` with
+every training log (not with evaluation metrics, which use one clean copy).
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ class CriticalPeriodCallback(TrainerCallback):
         self.detector = detector
         self.dynamics = dynamics
         self.collator = collator
-        self.log_fn = None
         #: None until the detector fires; then the switch step, epoch, detector and metric values.
         self.critical_period: dict[str, Any] | None = None
+        #: The switch keys, until the next training log sends them out.
+        self.unlogged: dict[str, float] = {}
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -81,6 +86,10 @@ class CriticalPeriodCallback(TrainerCallback):
             logger.warning("Resuming from a checkpoint without hf_critical switch state: the detector starts afresh.")
         else:
             self.critical_period = None
+            if self.detector.state()["attributes"]["last_step"] > 0:
+                # A new run (e.g. a second train()): the detector starts afresh, with the same settings.
+                self.detector = type(self.detector)(**self.detector.state()["args"])
+        self.unlogged = {}
         self.detector.configure(steps_per_epoch=steps_per_epoch, num_epochs=float(state.num_train_epochs))
         if self.collator is not None:
             if self.critical_period is not None:
@@ -125,14 +134,12 @@ class CriticalPeriodCallback(TrainerCallback):
         }
         self.dynamics.record_fields["augment_copies"] = self.copies
         logger.info("Critical period ended at step %d (epoch %.3f): augmentation %d -> %d copies", step, epoch, before, self.copies)
-        if self.log_fn is not None:
-            should_log = control.should_log
-            self.log_fn({"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch})
-            control.should_log = should_log
-        else:
-            state.log_history.append(
-                {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch, "step": step}
-            )
+        self.unlogged = {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch}
+
+    def take_unlogged(self) -> dict[str, float]:
+        """The switch keys if not yet logged, and forget them (called by the trainer's training log)."""
+        values, self.unlogged = self.unlogged, {}
+        return values
 
 
 def _steps_per_epoch(train_dataloader, args, state) -> int:

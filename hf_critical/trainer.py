@@ -45,7 +45,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from .arguments import detector_kwargs
 from .augmentation import AugmentationCollator
 from .callback import DynamicsCallback
-from .detectors import Detector, build_detector
+from .detectors import Detector, NeverSwitch, build_detector
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
 from .switch import CriticalPeriodCallback
 
@@ -111,13 +111,12 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1) -> tuple[dic
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder that holds a ``trainer_state.json`` (written last by the Trainer).
+    """The newest ``checkpoint-N`` folder that holds a ``trainer_state.json`` (written last by the Trainer), or None.
 
     `transformers.trainer_utils.get_last_checkpoint` returns the newest folder even when the process
     was killed while writing it; resuming from that fails. Incomplete folders are skipped with a warning.
+    A missing ``output_dir`` raises FileNotFoundError, as in `get_last_checkpoint`.
     """
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"resume_from_checkpoint=True but output_dir {output_dir!r} does not exist")
     steps = []
     for name in os.listdir(output_dir):
         match = re.fullmatch(r"checkpoint-(\d+)", name)
@@ -128,7 +127,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):
             return folder
         logger.warning("Skipping %s: it has no %s (interrupted while being written)", folder, TRAINER_STATE_NAME)
-    raise ValueError(f"resume_from_checkpoint=True but {output_dir!r} holds no complete checkpoint")
+    return None
 
 
 def _reload_renamed_weights(model, checkpoint: str) -> None:
@@ -276,9 +275,9 @@ class CriticalPeriodTrainer(Trainer):
             raise ValueError("pass the DynamicsCallback either in `callbacks` or as `dynamics_callback`, not both")
         if dynamics_callback is None:
             dynamics_callback = existing[0] if existing else DynamicsCallback.from_args(self.args)
-        if dynamics_callback not in self.callback_handler.callbacks:
+        if dynamics_callback.metrics and dynamics_callback not in self.callback_handler.callbacks:
+            # Nothing measured: no callback (code listing the Trainer's callbacks sees the Trainer's own).
             self.add_callback(dynamics_callback)
-        dynamics_callback.log_fn = self.log
         dynamics_callback.confusion_provider = True
         self.dynamics = dynamics_callback
 
@@ -288,8 +287,8 @@ class CriticalPeriodTrainer(Trainer):
             detector = build_detector(**detector_kwargs(self.args))
         # Added after the DynamicsCallback: its on_step_end reads the measurement of the same step.
         self.switch = CriticalPeriodCallback(detector, dynamics_callback, self.augmentation)
-        self.switch.log_fn = self.log
-        self.add_callback(self.switch)
+        if self.augmentation is not None or not isinstance(detector, NeverSwitch):
+            self.add_callback(self.switch)
 
         check_deepspeed(self.args, self.dynamics.metrics, enabled=self.is_deepspeed_enabled)
         check_fsdp(getattr(self.accelerator.state, "fsdp_plugin", None), self.dynamics.metrics)
@@ -325,8 +324,16 @@ class CriticalPeriodTrainer(Trainer):
         return self.switch.critical_period
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.augmentation is not None and "augment/copies" not in logs:
-            logs["augment/copies"] = self._step_rows_per_sample
+        """`Trainer.log`; a training log (one with ``loss``) also carries what hf_critical measured since the last.
+
+        Measurements never make log entries of their own: code reading ``state.log_history`` or
+        receiving ``on_log`` sees the Trainer's entries only. Evaluation logs are left as they are.
+        """
+        if "loss" in logs:
+            for key, value in {**self.dynamics.take_unlogged(), **self.switch.take_unlogged()}.items():
+                logs.setdefault(key, value)
+            if self.augmentation is not None:
+                logs.setdefault("augment/copies", self._step_rows_per_sample)
         super().log(logs, start_time)
 
     # ---- evaluation uses clean, single-copy batches ----------------------------------------------
@@ -356,6 +363,8 @@ class CriticalPeriodTrainer(Trainer):
         path = resume_from_checkpoint
         if path is True:
             path = last_complete_checkpoint(self.args.output_dir)
+            if path is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
             resume_from_checkpoint = path
         self.dynamics.resume_checkpoint = path if isinstance(path, str) else None
         try:
