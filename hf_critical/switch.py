@@ -61,6 +61,7 @@ class CriticalPeriodCallback(TrainerCallback):
         self.critical_period: dict[str, Any] | None = None
         #: The switch keys, until the next training log sends them out.
         self.unlogged: dict[str, float] = {}
+        self._steps_per_epoch = 1
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class CriticalPeriodCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         steps_per_epoch = _steps_per_epoch(train_dataloader, args, state)
+        self._steps_per_epoch = steps_per_epoch
         saved = (state.stateful_callbacks or {}).get(SWITCH_STATE_KEY) if state.global_step > 0 else None
         if saved is not None:
             self.detector = detector_from_state(saved["detector"])
@@ -97,6 +99,11 @@ class CriticalPeriodCallback(TrainerCallback):
             else:
                 self.collator.reset()
         self.dynamics.record_fields["augment_copies"] = self.copies
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.collator is not None and hasattr(self.collator, "set_epoch"):
+            # Before the epoch's DataLoader iterator exists: every batch of the epoch is seeded with it.
+            self.collator.set_epoch(state.global_step // self._steps_per_epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step

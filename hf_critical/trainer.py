@@ -43,7 +43,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .arguments import detector_kwargs
-from .augmentation import AugmentationCollator
+from .augmentation import AUGMENT_ON_DEVICE_KEY as ON_DEVICE_KEY
+from .augmentation import RESERVED_KEYS, SEED_KEY, SINGLE_KEY, AugmentationCollator
+from .augmentation import ROWS_PER_SAMPLE_KEY as ROWS_KEY
 from .callback import DynamicsCallback
 from .detectors import Detector, NeverSwitch, build_detector
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
@@ -51,11 +53,6 @@ from .switch import CriticalPeriodCallback
 
 __all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "check_launch", "RESERVED_KEYS"]
 
-#: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
-ROWS_KEY = "hf_critical_rows_per_sample"
-SINGLE_KEY = "hf_critical_single"
-ON_DEVICE_KEY = "hf_critical_augment_on_device"
-RESERVED_KEYS = (ROWS_KEY, SINGLE_KEY, ON_DEVICE_KEY)
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +465,7 @@ class CriticalPeriodTrainer(Trainer):
         batch = dict(self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample))
         batch.pop(ROWS_KEY, None)
         batch.pop(SINGLE_KEY, None)
+        batch.pop(SEED_KEY, None)
         return batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
