@@ -66,7 +66,9 @@ __all__ = [
     "k_schedule",
     "model_card_section",
     "push_outputs",
+    "parse_recipe_arguments",
     "redact_secrets",
+    "resume_argument",
     "summary_lines",
     "update_model_card",
     "write_results",
@@ -307,22 +309,34 @@ def build_results(
     augmentation = getattr(trainer, "augmentation", None)
     copies_before = period["copies_before"] if period else (augmentation.copies if augmentation is not None else 1)
     copies_after = period["copies_after"] if period else copies_before
-    train_seconds = (train_metrics or {}).get("train_runtime")
+    segment_seconds = (train_metrics or {}).get("train_runtime")
+    before_resume = costs.seconds_before_resume
+    # A resumed run: its train time is the earlier segments' (up to the checkpoint) plus this one's.
+    train_seconds = None if segment_seconds is None else before_resume + float(segment_seconds)
     energy_reports = {
         phase: handle.report for phase, handle in (("train", train_energy), ("eval", eval_energy)) if handle is not None
     }
     train_report = energy_reports.get("train")
+    train_energy_kwh = train_report.energy_kwh if train_report is not None else None
+    if train_energy_kwh is not None and before_resume and segment_seconds:
+        # Energy was tracked in this segment only: scaled to the whole run by time (same average power).
+        train_energy_kwh = train_energy_kwh * train_seconds / float(segment_seconds)
     savings = compute_savings(
         costs.steps,
         period["switch_step"] if period else None,
         copies_before,
         copies_after,
         train_seconds=train_seconds,
-        train_energy_kwh=train_report.energy_kwh if train_report is not None else None,
+        train_energy_kwh=train_energy_kwh,
     )
     measured, derived = savings["measured"], savings["derived"]
+    measured["train_seconds_before_resume"] = before_resume
+    measured["train_energy_scaled_from_last_segment"] = bool(train_energy_kwh is not None and before_resume)
     measured["optimizer_steps"] = trainer.state.global_step
-    measured["train_emissions_kg"] = train_report.emissions_kg if train_report is not None else None
+    emissions = train_report.emissions_kg if train_report is not None else None
+    if emissions is not None and before_resume and segment_seconds:
+        emissions = emissions * train_seconds / float(segment_seconds)
+    measured["train_emissions_kg"] = emissions
     # codecarbon's figure: a model, not a reading, where the machine has no power counter (see `energy`).
     measured["train_energy_is_estimate"] = train_report.estimated if train_report is not None else None
     derived["cost"] = {
@@ -667,6 +681,13 @@ def parse_recipe_arguments(dataclass_types: tuple, argv: list[str] | None = None
             action.default = values[action.dest]
             action.required = False
     return parser.parse_args_into_dataclasses(args=flags)
+
+
+def resume_argument(value: str | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``latest``/``true`` for the newest complete one in output_dir."""
+    if isinstance(value, str) and value.strip().lower() in ("latest", "true"):
+        return True
+    return value
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

@@ -61,7 +61,13 @@ from hf_critical.image_data import (
     normalized_value_range,
     split_train_validation,
 )
-from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
+from hf_critical.reporting import (
+    ReportingArguments,
+    defer_hub_push,
+    finish_run,
+    parse_recipe_arguments,
+    resume_argument,
+)
 from hf_critical.robustness import RobustnessArguments, robustness_for_images
 from hf_critical.savings import TrainingCostCallback
 from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         is_main_process=trainer.is_world_process_zero(),
     )
     with track_energy("train", **energy) as train_energy:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model()
     train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
     trainer.log_metrics("train", train_metrics)
