@@ -189,6 +189,13 @@ def check_launch(args: Any) -> None:
     only with ``use_cpu=True``; otherwise every process trains its own model on the whole data set
     and, being rank 0 of a world of one, writes the same ``output_dir`` (dynamics.jsonl, checkpoints).
     """
+    if _accelerate_cpu_without_mpi():
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` (N > 1) runs CPU jobs of several processes through mpirun "
+            "(--mpirun_hostfile); without it accelerate started this script once, as a single process. On CPUs use "
+            "`accelerate launch --multi_gpu --num_processes N` (gloo) or `torchrun --nproc_per_node N`, with "
+            "use_cpu=True; or drop --num_processes for one process (see docs/distributed.md)."
+        )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     world = getattr(args, "world_size", 1)
     if launched > 1 and world == 1:
@@ -197,6 +204,23 @@ def check_launch(args: Any) -> None:
             "process each: every process would train its own model on all the data and write the same output_dir. "
             "On a machine without GPUs pass use_cpu=True (--use_cpu true) to train with DDP over gloo."
         )
+
+
+#: Variables through which launchers (torchrun, mpirun flavours) give each process the number of processes.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _accelerate_cpu_without_mpi() -> bool:
+    """Whether ``accelerate launch --cpu --num_processes N>1`` fell back to one process (no mpirun).
+
+    accelerate then runs the script once with ``ACCELERATE_USE_CPU`` and, since N > 1, ``MASTER_ADDR``/
+    ``MASTER_PORT``, but no launcher set a number of processes: every `PartialState` sees a world of one.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1", "yes"):
+        return False
+    if "MASTER_PORT" not in os.environ:
+        return False
+    return not any(name in os.environ for name in _WORLD_SIZE_VARIABLES)
 
 
 def check_fsdp(fsdp_plugin: Any, metrics: Any) -> None:
