@@ -224,7 +224,7 @@ def _two_nodes(*script_args: str) -> None:
 @pytest.mark.multiprocess
 def test_nodes_without_a_shared_filesystem_keep_their_own_copies(tmp_path):
     """Point 7: each node's ranks read what their node wrote (initial weights, gradient snapshot), never node 0's."""
-    _two_nodes("--root", str(tmp_path), "--mode", "full")
+    _two_nodes("--root", str(tmp_path))
     full = [json.loads((tmp_path / "full" / f"node{n}" / "result.json").read_text()) for n in (0, 1)]
     for result in full:
         assert result["world_size"] == 2
@@ -235,8 +235,7 @@ def test_nodes_without_a_shared_filesystem_keep_their_own_copies(tmp_path):
         assert [h["step"] for h in result["history"]] == [1, 2, 3, 4, 5, 6]
     assert full[0]["history"] == full[1]["history"] and full[0]["checksum"] == full[1]["checksum"]
     assert "dynamics.jsonl" in full[0]["files"] and "dynamics.jsonl" not in full[1]["files"]  # logs: main process only
-    # Each node resumes from its own copy of checkpoint-4, in a new folder: the same run.
-    _two_nodes("--root", str(tmp_path), "--mode", "resume")
+    # Each node resumed from its own copy of checkpoint-4, in a new folder: the same run.
     resumed = [json.loads((tmp_path / "resume" / f"node{n}" / "result.json").read_text()) for n in (0, 1)]
     for result in resumed:
         assert result["switch_step"] == 5
@@ -244,6 +243,7 @@ def test_nodes_without_a_shared_filesystem_keep_their_own_copies(tmp_path):
         assert result["checksum"] == full[0]["checksum"]
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_accelerate_cpu_launch_without_mpirun_stops_with_the_reason(tmp_path):
     """Point 4: `accelerate launch --cpu --num_processes 2` ran the script once, silently, as one process."""
