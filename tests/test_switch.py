@@ -174,14 +174,19 @@ def test_augment_arguments_without_augmentation_collator_fail(tmp_path):
     [
         ({"detector": "oracle"}, "detector"),
         ({"detector_metrics": ["loss"]}, "detector_metrics"),
-        ({"detector_threshold": 0.0}, "threshold"),
-        ({"detector_threshold": float("nan")}, "threshold"),
-        ({"detector_patience": 0}, "patience"),
-        ({"detector_window": "two epochs"}, "window"),
+        ({"detector": "stability", "detector_threshold": 0.0}, "threshold"),
+        ({"detector": "stability", "detector_threshold": float("nan")}, "threshold"),
+        ({"detector": "stability", "detector_patience": 0}, "patience"),
+        ({"detector": "stability", "detector_window": "two epochs"}, "window"),
         ({"detector": "fixed"}, "step"),
         ({"augment_copies": 0}, "augment_copies"),
         ({"augment_copies": 2.0}, "augment_copies"),
         ({"augment_after_switch": "none"}, "augment_after_switch"),
+        ({"detector_threshold": 0.1}, "detector_threshold.*option of detector 'stability'"),
+        ({"detector": "rate", "detector_options": "peak_fraction=1.5"}, "peak_fraction"),
+        ({"detector": "rate", "detector_options": "nope=1"}, "no option.*nope"),
+        ({"detector": "rate", "detector_options": "metric=gradient_confusion", "dynamics_metrics": "layer_rotation"}, "watches 'gradient_confusion'"),
+        ({"detector_options": "peak_fraction"}, "has no '='"),
     ],
 )
 def test_bad_switch_arguments(tmp_path, overrides, field):

@@ -267,6 +267,7 @@ def test_every_layer_non_finite_leaves_the_key_out(tmp_path):
     trainer = _train(
         model, text_dataset(), tmp_path, dynamics_every_n_steps=2, learning_rate=0.0, max_steps=2,
         dynamics_metrics=["gradient_confusion", "gradient_predictability"],
+        detector="stability",
         detector_metrics=["gradient_predictability"],
     )
     record = read_jsonl(jsonl_path(tmp_path))[0]
