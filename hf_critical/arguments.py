@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
@@ -179,7 +180,10 @@ class CriticalPeriodArguments(TrainingArguments):
 
 
     def _check_legacy_detector_fields(self) -> None:
-        """A ``detector_*`` field set for a detector that does not read it is an error, not a silent no-op."""
+        """A ``detector_*`` field set for a detector that does not read it is reported, not silently ignored.
+
+        A warning, not an error: one config file often serves several detectors (a study's arms).
+        """
         defaults = {f.name: f for f in fields(self)}
         for name, owner in LEGACY_DETECTOR_FIELDS.items():
             spec = defaults[name]
@@ -188,9 +192,12 @@ class CriticalPeriodArguments(TrainingArguments):
             if name == "detector_metrics":
                 value = normalize_metric_names(value, name)
             if value != default and self.detector != owner:
-                raise ValueError(
-                    f"`{name}` is an option of detector {owner!r}, but `detector` is {self.detector!r}; give this "
-                    f"detector's options in `detector_options` (its options: {sorted(detector_options_of(self.detector))})"
+                warnings.warn(
+                    f"`{name}` is an option of detector {owner!r} and is ignored with detector {self.detector!r}; "
+                    f"give this detector's options in `detector_options` "
+                    f"(its options: {sorted(detector_options_of(self.detector))})",
+                    UserWarning,
+                    stacklevel=3,
                 )
 
 

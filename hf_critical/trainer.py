@@ -88,7 +88,7 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1, parts: int =
 
     Rows ``[i * rows_per_sample, (i + 1) * rows_per_sample)`` belong to sample ``i`` (the layout of
     the k-copy augmentation collators) and always land in the same chunk; chunk ``c`` holds samples
-    ``[round(c * S / parts), round((c + 1) * S / parts))`` of the ``S`` samples. Every tensor whose
+    ``[floor(c * S / parts), floor((c + 1) * S / parts))`` of the ``S`` samples. Every tensor whose
     first dimension is the batch is sliced; other values are passed to every chunk. A batch is not
     split when it holds fewer samples than ``parts`` or a tensor whose first dimension is not the
     batch size.
