@@ -760,17 +760,17 @@ class TrendDetector(Detector):
     metric). With ``[low, high]`` the ``confidence`` interval of that slope (Sen's interval,
     `scipy.stats.theilslopes`):
 
-    * the *evidence of movement* of a decision is the interval's distance from zero (``low`` for a
-      rising metric, ``-high`` for a falling one, 0 when the interval holds zero), and
-      ``peak`` is the largest evidence of any decision so far;
+    * ``peak`` is the largest |slope| of any decision so far;
     * a decision is *flat* when the whole interval lies inside ``(-peak_fraction * peak,
       +peak_fraction * peak)``.
 
-    The detector fires at the ``patience``-th flat decision in a row. Consequences, all checked by
-    ``benchmarks/detectors.py``: a metric that keeps its rate (a steady trend, noisy or not) is
-    never flat, whatever its units; a saturating curve becomes flat once its rate is below
-    ``peak_fraction`` of its peak; noise widens the interval, so a noisy metric fires later, never
-    earlier ("no significant change" is not flat); a metric never seen to move never fires.
+    The detector fires at the ``patience``-th flat decision in a row. Consequences, checked by
+    ``benchmarks/detectors.py``: a metric that keeps its rate (a steady trend, clean, or noisy but
+    resolved by the lookback) is never flat, whatever its units; a saturating curve becomes flat
+    once its rate is below ``peak_fraction`` of its peak; a constant metric never fires.
+    Noise acts both ways: it widens the interval (later) and inflates the peak, which is a maximum
+    of noisy slopes (sooner); a trend too weak to be resolved in the lookback cannot be told from a
+    plateau, and may fire (docs/detectors.md gives the limit).
 
     A lookback with fewer than ``min_points`` measurements takes no decision (a warning says so
     once the lookback has elapsed). The rule is invariant to multiplying the metric by a constant
@@ -843,7 +843,7 @@ class TrendDetector(Detector):
         self._lr_sum = 0.0
         self._flat = 0
         self._warned_sparse = False
-        #: Largest evidence of movement (distance of a slope's interval from 0) of any decision so far.
+        #: Largest |slope| of any decision so far.
         self.peak_slope = 0.0
         #: ``[closing step, slope, low, high, margin, flat]`` of every decision, for inspection and plots.
         self.decisions: list[list[float]] = []

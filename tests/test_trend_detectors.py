@@ -107,7 +107,7 @@ def test_rate_rule_needs_the_learning_rate_and_says_so():
 def test_a_metric_that_never_moves_never_fires():
     detector = _configured(RateDetector())
     assert _feed(detector, [0.5] * 800, lr=[1e-3] * 800) is None
-    assert detector.peak_slope == 0.0
+    assert detector.peak_slope == 0.0  # a constant metric: no rate to fall from
 
 
 def test_too_few_measurements_take_no_decision_and_warn_once(caplog):
