@@ -14,7 +14,6 @@ noise. Pure numpy/scipy: no model is trained. Output is markdown for docs/benchm
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time

@@ -14,6 +14,13 @@ the collator and have already collated a few batches ahead. Two mechanisms make 
   ``"hf_critical_single"``, so a batch prefetched before the switch can be used at the switch step
   without collating it again.
 
+With a ``seed``, a batch's augmentation is a pure function of (seed, epoch, the batch's clean
+content): its random draws are seeded from those three, never from a call counter, a worker's seed
+or the global RNG. A resumed run (which sees the same batches in the same epochs) therefore draws the
+same copies bit for bit, with any number of DataLoader workers, persistent or not, on the device or
+in the workers. The epoch lives in shared memory like the switch flag; `CriticalPeriodTrainer` sets it
+at the start of every epoch (`set_epoch`).
+
 Reserved keys (the trainer pops them before the model sees the batch):
 
 ==================================  ===========================================================
@@ -26,6 +33,9 @@ key                                 value
                                     sample (model inputs and labels only, no reserved keys).
 ``hf_critical_augment_on_device``   only from `ImageAugmentationCollator` with ``on_device=True``:
                                     the batch is clean; call ``augment_batch`` on the device.
+``hf_critical_seed``                with ``on_device=True`` and a ``seed``: python int, the seed of
+                                    this batch's augmentation, taken from its clean content on
+                                    the CPU (no copy back from the device).
 ==================================  ===========================================================
 
 Example::
@@ -39,8 +49,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import random
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -50,7 +63,8 @@ import torch
 ROWS_PER_SAMPLE_KEY = "hf_critical_rows_per_sample"
 SINGLE_KEY = "hf_critical_single"
 AUGMENT_ON_DEVICE_KEY = "hf_critical_augment_on_device"
-RESERVED_KEYS = (ROWS_PER_SAMPLE_KEY, SINGLE_KEY, AUGMENT_ON_DEVICE_KEY)
+SEED_KEY = "hf_critical_seed"
+RESERVED_KEYS = (ROWS_PER_SAMPLE_KEY, SINGLE_KEY, AUGMENT_ON_DEVICE_KEY, SEED_KEY)
 
 AFTER_SWITCH_MODES = ("clean", "augmented")
 IMAGE_POLICIES = ("trivial", "rand", "crop_flip", "affine")
@@ -62,6 +76,7 @@ __all__ = [
     "IMAGE_POLICIES",
     "RESERVED_KEYS",
     "ROWS_PER_SAMPLE_KEY",
+    "SEED_KEY",
     "SINGLE_KEY",
     "AugmentationCollator",
     "CleanCollator",
@@ -87,7 +102,8 @@ class AugmentationCollator:
         copies: k >= 1, the rows each sample gives before the switch.
         after_switch: ``"clean"`` (the original sample) or ``"augmented"`` (one augmented copy).
         original_first: copy 0 of each sample is the un-augmented original (needs ``copies >= 2``).
-        seed: if given, augmentation is reproducible for a fixed sequence of calls; see `_seeds`.
+        seed: if given, a batch's augmentation is a pure function of (seed, epoch, the batch's clean
+            content); see `_seeds`. None: drawn from the global RNGs.
     """
 
     def __init__(
@@ -101,10 +117,10 @@ class AugmentationCollator:
         self.copies = copies  # validated by the setters below
         self.after_switch = after_switch
         self.seed = seed
-        self._calls = 0
-        # Shared memory: DataLoader workers hold copies of this object, but the storage behind this
-        # tensor is the same pages in every process, so a switch in the main process reaches them.
+        # Shared memory: DataLoader workers hold copies of this object, but the storage behind these
+        # tensors is the same pages in every process, so a switch (or a new epoch) in the main process reaches them.
         self._switched = torch.zeros(1, dtype=torch.uint8).share_memory_()
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # -- settings (the trainer may override them from its arguments before training) ------------
 
@@ -146,6 +162,17 @@ class AugmentationCollator:
         self._switched.fill_(0)
 
     @property
+    def epoch(self) -> int:
+        """The training epoch the next batches belong to (part of every batch's seed)."""
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch for every batch collated from now on (call in the main process, before the epoch's batches)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` must be an int >= 0, got {epoch!r}")
+        self._epoch.fill_(epoch)
+
+    @property
     def rows_per_sample(self) -> int:
         return 1 if self.switched else self.copies
 
@@ -155,8 +182,9 @@ class AugmentationCollator:
         self.__dict__.update(state)
         # DataLoader workers unpickle through torch's ForkingPickler and get the same shared pages
         # (share_memory_ is then a no-op). A plain pickle copy gets its own, independent flag.
-        if not self._switched.is_shared():
-            self._switched.share_memory_()
+        for flag in (self._switched, self._epoch):
+            if not flag.is_shared():
+                flag.share_memory_()
 
     # -- layout helpers --------------------------------------------------------------------------
 
@@ -187,28 +215,24 @@ class AugmentationCollator:
 
     # -- seeding ---------------------------------------------------------------------------------
 
-    def _seeds(self) -> list[int] | None:
-        """Seeds for this call, or None when no seed was given.
+    def _seeds(self, content: bytes) -> list[int] | None:
+        """Two 32-bit seeds for the augmentation of one batch, or None when no seed was given.
 
-        Derived from (seed, call counter) and, inside a DataLoader worker, the worker's torch seed:
-        workers then draw different streams, and non-persistent workers (which restart from the
-        main process's counter every epoch) still draw new augmentations each epoch. Reproducible
-        for a fixed sequence of calls; with workers, reproducible when the main process's torch RNG
-        is seeded (the Trainer does that), since that draws the worker seeds.
+        A pure function of (seed, epoch, ``content``, the batch's clean samples as bytes): the same
+        batch in the same epoch draws the same copies in any process and after any resume; another
+        epoch (or another batch) draws new ones. Rows of a batch get different copies (each row's
+        random parameters are separate draws from the seeded generator).
         """
         if self.seed is None:
             return None
-        entropy = [self.seed, self._calls]
-        info = torch.utils.data.get_worker_info()
-        if info is not None:
-            entropy.append(int(info.seed))
-        self._calls += 1
+        digest = struct.unpack("<4I", hashlib.blake2b(content, digest_size=16).digest())
+        entropy = [self.seed, self.epoch, *digest]
         return [int(s) for s in np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)]
 
     def _settings_repr(self) -> str:
         return (
             f"copies={self.copies}, after_switch={self.after_switch!r}, original_first={self.original_first}, "
-            f"seed={self.seed}, switched={self.switched}"
+            f"seed={self.seed}, switched={self.switched}, epoch={self.epoch}"
         )
 
     def __repr__(self) -> str:
@@ -397,7 +421,7 @@ class TextAugmentationCollator(AugmentationCollator):
 
     Empty strings are allowed and never augmented (every nlpaug augmenter returns ``[]`` for them).
     With ``seed``, python ``random`` and numpy's global state (both used by nlpaug) are seeded per
-    call and restored afterwards, so a fixed sequence of calls gives the same texts.
+    batch from (seed, epoch, the batch's texts) and restored afterwards (see `AugmentationCollator._seeds`).
     ``hf_critical_single`` (when present) is tokenized on its own, with its own padding length; with
     ``after_switch="augmented"`` it holds the first augmented copy of each sample (copy 1 with
     ``original_first``, else copy 0), i.e. rows already in the batch.
@@ -534,7 +558,7 @@ class TextAugmentationCollator(AugmentationCollator):
         labels = _label_tensor(
             [_field(features, r, self.label_field, "label") for r in range(len(features))], self.label_field
         )
-        with _python_numpy_rng(self._seeds()):
+        with _python_numpy_rng(self._seeds(_texts_bytes(originals))):
             # copies[c][f]: the texts of field f in copy c
             copies = [
                 [self.augment_texts(column) if aug else list(column) for column in originals] for aug in augmented
@@ -547,6 +571,12 @@ class TextAugmentationCollator(AugmentationCollator):
             single_texts = originals if single_copy is None else copies[single_copy]
             batch[SINGLE_KEY] = self._tokenize(single_texts, labels)
         return batch
+
+
+def _texts_bytes(columns: list[list[str]]) -> bytes:
+    # Lengths first: ("ab", "c") and ("a", "bc") must not give the same bytes.
+    texts = [t for column in columns for t in column]
+    return json.dumps([len(columns), texts], ensure_ascii=False).encode("utf-8")
 
 
 def _needs_single_view(rows: int, augmented: list[bool], after_switch: str) -> bool:
@@ -597,6 +627,11 @@ _RAND_TABLE = [
 _RGB_ONLY_OPS = {"color"}  # kornia's saturation needs exactly 3 channels
 _RAND_OPS_PER_IMAGE = 2
 _RAND_MAGNITUDE = 10  # of kornia's 30
+
+
+def _tensor_bytes(images: torch.Tensor) -> bytes:
+    host = images.detach().to("cpu", torch.float32).contiguous()
+    return repr(tuple(host.shape)).encode() + host.numpy().tobytes()
 
 
 def _require_kornia(policy: str) -> None:
@@ -757,8 +792,9 @@ class ImageAugmentationCollator(AugmentationCollator):
             for mean/std-normalised images. Callables get the raw values.
 
     With ``seed``, each augmentation runs inside ``torch.random.fork_rng`` with the CPU generator
-    (kornia and this module draw their random parameters there) seeded per call, so a fixed
-    sequence of calls is reproducible and the global RNG is left as it was.
+    (kornia and this module draw their random parameters there) seeded from (seed, epoch, the
+    batch's clean images), so the global RNG is left as it was and a resumed run draws the same
+    copies (see `AugmentationCollator._seeds`).
     """
 
     def __init__(
@@ -846,8 +882,15 @@ class ImageAugmentationCollator(AugmentationCollator):
         if self.on_device:
             batch[ROWS_PER_SAMPLE_KEY] = 1
             batch[AUGMENT_ON_DEVICE_KEY] = True
+            seed = self._batch_seed(images)
+            if seed is not None:
+                batch[SEED_KEY] = seed  # taken here, on the CPU: the device never copies images back for it
             return batch
         return self.augment_batch(batch)
+
+    def _batch_seed(self, images: torch.Tensor) -> int | None:
+        seeds = self._seeds(_tensor_bytes(images))
+        return None if seeds is None else (seeds[0] << 32) | seeds[1]
 
     # -- augmentation ----------------------------------------------------------------------------
 
@@ -884,15 +927,13 @@ class ImageAugmentationCollator(AugmentationCollator):
         return out.to(images.dtype) * (high - low) + low
 
     @contextlib.contextmanager
-    def _torch_rng(self, device: torch.device) -> Iterator[None]:
-        seeds = self._seeds()
-        if seeds is None:
+    def _torch_rng(self, device: torch.device, seed: int | None) -> Iterator[None]:
+        if seed is None:
             yield
             return
         cuda = device.type == "cuda"
         index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else None)
         with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda" if cuda else "cpu"):
-            seed = (seeds[0] << 32) | seeds[1]
             torch.default_generator.manual_seed(seed)
             if cuda:
                 torch.cuda.default_generators[index].manual_seed(seed)
@@ -920,6 +961,9 @@ class ImageAugmentationCollator(AugmentationCollator):
         rows, augmented, single_copy = self._plan(copies)
         if not images.is_floating_point():
             images = images.to(torch.float32)
+        seed = batch.get(SEED_KEY)
+        if seed is None and self.seed is not None:
+            seed = self._batch_seed(images)
         size = images.shape[0]
         per_sample = {
             key: value
@@ -941,7 +985,7 @@ class ImageAugmentationCollator(AugmentationCollator):
         augment_rows = augment_rows.to(images.device)
         out_images = expanded
         if augment_rows.numel():
-            with self._torch_rng(images.device):
+            with self._torch_rng(images.device, seed):
                 if augment_rows.numel() == expanded.shape[0]:
                     out_images = self.augment_images(expanded)
                 else:

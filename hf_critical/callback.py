@@ -12,6 +12,11 @@ Key                                         Meaning
 ``dynamics/layer_rotation_weighted``        the same, weighted by each layer's parameter count
 ==========================================  ==============================================================
 
+The values go out with the Trainer's own training log (every ``logging_steps``, next to ``loss``):
+each such entry carries the latest measurement taken since the previous one, and a measurement is
+never an entry of its own in ``state.log_history``. Every measurement, at its exact step, is in
+``dynamics.jsonl`` and in :attr:`DynamicsCallback.history`.
+
 A key is left out of a log entry when its value could not be computed (e.g. every layer's gradient
 was non-finite on an AMP overflow step); the reason is counted in the jsonl record. No NaN is logged.
 """
@@ -69,8 +74,9 @@ class DynamicsCallback(TrainerCallback):
     With a plain `transformers.Trainer` this callback measures gradient predictability and layer
     rotation; gradient confusion needs the gradients of two distinct mini-batches at the same
     parameters, which only `CriticalPeriodTrainer` can take without an extra pass (it is skipped,
-    with a warning, under a plain Trainer). Use :meth:`attach` so the values also reach
-    ``report_to`` integrations; otherwise they go to ``state.log_history`` and ``dynamics.jsonl``.
+    with a warning, under a plain Trainer). Under `CriticalPeriodTrainer` the values also go out with
+    the Trainer's training logs (``report_to`` integrations, ``state.log_history``); under a plain
+    Trainer they are in ``dynamics.jsonl`` and :attr:`history` only.
 
     Args:
         metrics: Names from :data:`hf_critical.arguments.METRIC_NAMES`, ``"all"`` or ``"none"``.
@@ -106,8 +112,11 @@ class DynamicsCallback(TrainerCallback):
         self.initial_weights = initial_weights
         #: One compact entry per measurement: step, epoch and the global values.
         self.history: list[dict[str, Any]] = []
-        #: Called with the values to log at a measured step (``Trainer.log`` when attached).
-        self.log_fn: Callable[[dict[str, float]], None] | None = None
+        #: Called with the global values of each measurement; by default they wait in :attr:`unlogged`
+        #: for the Trainer's next training log (`CriticalPeriodTrainer.log` takes them from there).
+        self.log_fn: Callable[[dict[str, float]], None] | None = self._keep_for_log
+        #: Values of the latest measurement not yet sent out with a training log.
+        self.unlogged: dict[str, float] = {}
         #: Set by `CriticalPeriodTrainer`, which feeds gradient confusion through :meth:`record_confusion`.
         self.confusion_provider = False
         #: Checkpoint folder the current run resumed from (set by `CriticalPeriodTrainer.train`).
@@ -135,10 +144,21 @@ class DynamicsCallback(TrainerCallback):
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
-        """Add this callback to ``trainer`` and log through ``trainer.log`` (so ``report_to`` sees the values)."""
+        """Add this callback to ``trainer``; returns the callback.
+
+        A plain Trainer's log entries are left as they are (the values are in ``dynamics.jsonl`` and
+        :attr:`history`); `CriticalPeriodTrainer` sends them out with its training logs.
+        """
         trainer.add_callback(self)
-        self.log_fn = trainer.log
         return self
+
+    def _keep_for_log(self, values: dict[str, float]) -> None:
+        self.unlogged = dict(values)
+
+    def take_unlogged(self) -> dict[str, float]:
+        """The latest measurement's values not yet logged, and forget them (called by the trainer's log)."""
+        values, self.unlogged = self.unlogged, {}
+        return values
 
     # ---- schedule -------------------------------------------------------------------------------
 
@@ -168,6 +188,16 @@ class DynamicsCallback(TrainerCallback):
         if model is None:
             raise ValueError("DynamicsCallback needs the model in on_train_begin; is it registered with a Trainer?")
         self.selection = select_parameters(model, self.layers)
+        self.unlogged = {}
+        if not self.selection.parameters:
+            logger.warning(
+                "%s has no trainable parameter for dynamics_layers=%r: nothing to measure in this run",
+                type(model).__name__,
+                self.layers,
+            )
+            self.selection = None
+            self.history = [] if state.global_step == 0 else self.history
+            return
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
         self._pending = {}
@@ -185,7 +215,7 @@ class DynamicsCallback(TrainerCallback):
         else:
             self.history = []
         if "layer_rotation" in self.metrics:
-            self._initial = self._load_initial(args) if resumed else self._take_initial(args, state)
+            self._initial = self._load_initial(args, state) if resumed else self._take_initial(args, state)
         if state.is_world_process_zero:
             self._prepare_jsonl(args, state.global_step if resumed else 0)
 
@@ -225,15 +255,22 @@ class DynamicsCallback(TrainerCallback):
         written into the checkpoint folder first, so a checkpoint with a trainer_state.json is whole.
         """
         state.stateful_callbacks[STATE_KEY] = self.state()
-        # Replicated gradients: the main process writes them; sharded ones: every rank its own shards.
-        writes = state.is_world_process_zero or self._reduce is not None
-        if self._snapshot is None or not writes or self.selection is None:
+        # Replicated tensors: written where the Trainer writes the model (the main process, or each node's
+        # with save_on_each_node); sharded ones: every rank its own shards.
+        writes = args.should_save or self._reduce is not None
+        if not writes or self.selection is None:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        tensors = [(name, local_shard(g)) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None]
-        path = os.path.join(folder, self._per_rank_name(GRAD_SNAPSHOT_FILE))
-        write_tensors(path, tensors, {"step": str(self._snapshot[0])})
+        if self._initial is not None:
+            # A checkpoint carries the initial weights, so it resumes from any folder (a hard link: no extra disk).
+            _link_or_copy(self._initial_path(args), os.path.join(folder, self._per_rank_name(INITIAL_WEIGHTS_FILE)))
+        if self._snapshot is not None:
+            tensors = [
+                (name, local_shard(g)) for name, g in zip(self.selection.names, self._snapshot[1]) if g is not None
+            ]
+            path = os.path.join(folder, self._per_rank_name(GRAD_SNAPSHOT_FILE))
+            write_tensors(path, tensors, {"step": str(self._snapshot[0])})
 
     def _per_rank_name(self, filename: str) -> str:
         """``filename``, or ``<stem>.rank<R>.<ext>`` when the measured tensors are sharded (one file per rank)."""
@@ -333,14 +370,21 @@ class DynamicsCallback(TrainerCallback):
                 [stored[n].to(p.device) if n in stored else None for n, p in params.items()],
             )
 
+    def _initial_path(self, args) -> str:
+        return os.path.join(args.output_dir, self._per_rank_name(INITIAL_WEIGHTS_FILE))
+
+    def _writes_node_copy(self, state) -> bool:
+        """Whether this process writes its node's copy of the files every rank reads (node-local disks)."""
+        return state.is_local_process_zero or self._reduce is not None
+
     def _take_initial(self, args, state) -> Mapping[str, torch.Tensor]:
-        path = os.path.join(args.output_dir, self._per_rank_name(INITIAL_WEIGHTS_FILE))
+        path = self._initial_path(args)
         params = {name: local_shard(p) for name, p in self.selection.parameters.items()}
-        if state.is_world_process_zero or self._reduce is not None:
-            # Written at every start: "disk" reads it at each measurement, a resumed run reloads it.
+        if self._writes_node_copy(state):
+            # Written at every start, once per node: "disk" reads it at each measurement, checkpoints link it.
             os.makedirs(args.output_dir, exist_ok=True)
             write_tensors(path, params.items(), {"layers": self.layers})
-        _barrier()  # the other ranks read the file the main process wrote
+        _barrier()  # the other ranks of the node read the file its local main process wrote
         if self.initial_weights == "disk":
             return TensorFile(path, devices={name: p.device for name, p in params.items()})
         return {name: p.detach().to(self._initial_device(p), copy=True) for name, p in params.items()}
@@ -348,18 +392,29 @@ class DynamicsCallback(TrainerCallback):
     def _initial_device(self, param: torch.Tensor) -> torch.device:
         return torch.device("cpu") if self.initial_weights == "host" else param.device
 
-    def _load_initial(self, args) -> Mapping[str, torch.Tensor]:
-        path = os.path.join(args.output_dir, self._per_rank_name(INITIAL_WEIGHTS_FILE))
-        if not os.path.isfile(path):
+    def _load_initial(self, args, state) -> Mapping[str, torch.Tensor]:
+        name = self._per_rank_name(INITIAL_WEIGHTS_FILE)
+        path = self._initial_path(args)
+        candidates = [os.path.join(self.resume_checkpoint, name)] if self.resume_checkpoint else []
+        candidates.append(path)
+        source = next((c for c in candidates if os.path.isfile(c)), None)
+        if source is None:
             raise FileNotFoundError(
-                f"Resuming with layer_rotation needs the initial weights saved at the start of the run, {path}; "
-                "it is missing (was the run started with layer_rotation off, or in another output_dir?)."
+                "Resuming with layer_rotation needs the initial weights saved at the start of the run; none of "
+                f"{candidates} exists (was the run started with layer_rotation off?)."
             )
         params = {name: local_shard(p) for name, p in self.selection.parameters.items()}
-        stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
+        stored = TensorFile(source)
         missing = [n for n in params if n not in stored]
         if missing:
-            raise ValueError(f"{path} lacks the initial weights of {missing[:3]} (layer selection changed on resume?)")
+            raise ValueError(f"{source} lacks the initial weights of {missing[:3]} (layer selection changed on resume?)")
+        _barrier()  # every rank has checked the file before its node's copy may be replaced
+        if self._writes_node_copy(state) and os.path.abspath(source) != os.path.abspath(path):
+            # This output_dir's copy (read at each measurement, linked into the next checkpoints) is the checkpoint's.
+            os.makedirs(args.output_dir, exist_ok=True)
+            _link_or_copy(source, path)
+        _barrier()
+        stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
         if self.initial_weights == "disk":
             return stored
         return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in params.items()}
@@ -418,6 +473,24 @@ def shard_reduction(params: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], 
         return partial
 
     return reduce
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Make ``target`` hold the bytes of ``source``: a hard link where the filesystem allows it, else a copy.
+
+    Replaced atomically (a reader sees the old file or the new one); the same file is left alone.
+    """
+    import shutil
+    import socket
+
+    if os.path.exists(target) and os.path.samefile(source, target):
+        return
+    tmp = f"{target}.{socket.gethostname()}.{os.getpid()}.tmp"
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _barrier() -> None:

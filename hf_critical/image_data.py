@@ -15,6 +15,7 @@ float in [0, 1], H x W x C) and a ``label`` column (`datasets.ClassLabel`). `Ima
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "SKLEARN_DIGITS",
+    "UNREADABLE_IMAGES",
     "ImageTransform",
+    "check_images",
     "load_image_folder",
     "load_npz_images",
     "load_sklearn_digits",
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 SKLEARN_DIGITS = "sklearn_digits"
+#: What `check_images` does with a file PIL cannot decode: stop with an error naming it, or leave it out.
+UNREADABLE_IMAGES = ("error", "skip")
 
 
 def _images_dataset(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]):
@@ -136,6 +141,43 @@ def load_image_folder(train_dir: str | os.PathLike, validation_dir: str | os.Pat
             f"{folders['train']} (training classes: {[names[i] for i in sorted(set(train['label']))]})"
         )
     return train, validation
+
+
+def check_images(dataset, folder: str, unreadable: str = "error", column: str = "image"):
+    """Decode every image of an image-folder data set once, before training; returns (dataset, skipped files).
+
+    datasets decodes an image only when a row is read, so a corrupt file would otherwise surface
+    mid-training as a PIL traceback from inside ``trainer.train()``. ``unreadable="error"`` raises a
+    `ValueError` naming the unreadable files (the first ten) and PIL's reason; ``"skip"`` leaves those
+    rows out and returns their paths (the caller counts them).
+    """
+    if unreadable not in UNREADABLE_IMAGES:
+        raise ValueError(f"`unreadable_images` must be one of {list(UNREADABLE_IMAGES)}, got {unreadable!r}")
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    raw = dataset.cast_column(column, ImageFeature(decode=False))
+    bad: list[tuple[int, str, str]] = []
+    for index, entry in enumerate(raw[column]):
+        path = entry.get("path") or f"row {index}"
+        try:
+            source = entry["bytes"] if entry.get("bytes") is not None else entry["path"]
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                image.load()  # decodes the pixels (verify() alone misses truncated files)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+            bad.append((index, path, f"{type(err).__name__}: {err}"))
+    if not bad:
+        return dataset, []
+    if unreadable == "error":
+        listed = "; ".join(f"{path} ({reason})" for _, path, reason in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{folder}: {len(bad)} of {len(dataset)} image file(s) cannot be read: {listed}{more}. Fix or remove them, "
+            "or pass --unreadable_images skip to train without them"
+        )
+    skipped = {index for index, _, _ in bad}
+    kept = dataset.select([i for i in range(len(dataset)) if i not in skipped])
+    return kept, [path for _, path, _ in bad]
 
 
 def split_train_validation(dataset, validation_size: float, seed: int):

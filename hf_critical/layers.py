@@ -54,10 +54,14 @@ def select_parameters(model: nn.Module, selection: str = "weights") -> LayerSele
     """Pick the parameters to measure, one "layer" per parameter tensor.
 
     ``"weights"`` (default) takes the weight matrix of every Linear, Conv and Embedding module
-    (biases and normalisation parameters excluded, as in Carbonnelle & De Vleeschouwer 2019);
-    ``"all"`` every parameter; any other string is a regular expression searched in parameter
-    names. Parameters that do not require a gradient (frozen) are left out and listed in
-    ``frozen``. Tied parameters are measured once, under their first name.
+    (biases and normalisation parameters excluded, as in Carbonnelle & De Vleeschouwer 2019); a
+    model without such modules (weights held as bare ``nn.Parameter``s) has every trainable
+    parameter measured instead, 0-dimensional ones included (each is a layer of one value).
+    ``"all"`` takes every parameter; any other string is a regular expression searched in
+    parameter names, and one that matches no trainable parameter is refused. Parameters that do
+    not require a gradient (frozen) are left out and listed in ``frozen``; a model with nothing
+    trainable gets an empty selection (nothing to measure). Tied parameters are measured once,
+    under their first name.
     """
     validate_layer_selection(selection)
     if selection == "weights":
@@ -66,6 +70,8 @@ def select_parameters(model: nn.Module, selection: str = "weights") -> LayerSele
             for module_name, module in model.named_modules()
             if isinstance(module, _WEIGHT_MODULES) and isinstance(getattr(module, "weight", None), nn.Parameter)
         ]
+        if not any(p.requires_grad for _, p in candidates):
+            candidates = list(model.named_parameters())
     elif selection == "all":
         candidates = list(model.named_parameters())
     else:
@@ -82,7 +88,7 @@ def select_parameters(model: nn.Module, selection: str = "weights") -> LayerSele
             chosen[name] = param
         else:
             frozen.append(name)
-    if not chosen:
+    if not chosen and selection not in LAYER_SELECTIONS:
         raise ValueError(
             f"`dynamics_layers`={selection!r} selects no trainable parameter in {type(model).__name__}"
             + (f" ({len(frozen)} matching parameters are frozen)" if frozen else "")

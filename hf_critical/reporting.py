@@ -33,6 +33,7 @@ key                   content
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -65,7 +66,9 @@ __all__ = [
     "k_schedule",
     "model_card_section",
     "push_outputs",
+    "parse_recipe_arguments",
     "redact_secrets",
+    "resume_argument",
     "summary_lines",
     "update_model_card",
     "write_results",
@@ -306,22 +309,34 @@ def build_results(
     augmentation = getattr(trainer, "augmentation", None)
     copies_before = period["copies_before"] if period else (augmentation.copies if augmentation is not None else 1)
     copies_after = period["copies_after"] if period else copies_before
-    train_seconds = (train_metrics or {}).get("train_runtime")
+    segment_seconds = (train_metrics or {}).get("train_runtime")
+    before_resume = costs.seconds_before_resume
+    # A resumed run: its train time is the earlier segments' (up to the checkpoint) plus this one's.
+    train_seconds = None if segment_seconds is None else before_resume + float(segment_seconds)
     energy_reports = {
         phase: handle.report for phase, handle in (("train", train_energy), ("eval", eval_energy)) if handle is not None
     }
     train_report = energy_reports.get("train")
+    train_energy_kwh = train_report.energy_kwh if train_report is not None else None
+    if train_energy_kwh is not None and before_resume and segment_seconds:
+        # Energy was tracked in this segment only: scaled to the whole run by time (same average power).
+        train_energy_kwh = train_energy_kwh * train_seconds / float(segment_seconds)
     savings = compute_savings(
         costs.steps,
         period["switch_step"] if period else None,
         copies_before,
         copies_after,
         train_seconds=train_seconds,
-        train_energy_kwh=train_report.energy_kwh if train_report is not None else None,
+        train_energy_kwh=train_energy_kwh,
     )
     measured, derived = savings["measured"], savings["derived"]
+    measured["train_seconds_before_resume"] = before_resume
+    measured["train_energy_scaled_from_last_segment"] = bool(train_energy_kwh is not None and before_resume)
     measured["optimizer_steps"] = trainer.state.global_step
-    measured["train_emissions_kg"] = train_report.emissions_kg if train_report is not None else None
+    emissions = train_report.emissions_kg if train_report is not None else None
+    if emissions is not None and before_resume and segment_seconds:
+        emissions = emissions * train_seconds / float(segment_seconds)
+    measured["train_emissions_kg"] = emissions
     # codecarbon's figure: a model, not a reading, where the machine has no power counter (see `energy`).
     measured["train_energy_is_estimate"] = train_report.estimated if train_report is not None else None
     derived["cost"] = {
@@ -643,19 +658,75 @@ def push_outputs(request: HubPushRequest, output_dir: str, commit_message: str =
 
 
 def parse_recipe_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """Parse a recipe's argument dataclasses from one ``.json``/``.yaml`` file or from the command line."""
+    """Parse a recipe's argument dataclasses from the command line, or from a config file plus flags.
+
+    ``run.py config.yaml --seed 1 --resume_from_checkpoint X``: the ``.json``/``.yaml`` file gives the
+    values, the flags after it override them. A key of the file that no dataclass has is refused.
+    """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_args_into_dataclasses(args=argv)
+    path, flags = os.path.abspath(argv[0]), argv[1:]
+    values = _read_config_file(path)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{argv[0]}: unknown key(s) {unknown}; `--help` lists the recipe's arguments")
+    for action in parser._actions:
+        if action.dest in values:
+            # The file's value becomes the default; a flag given after the file overrides it.
+            action.default = values[action.dest]
+            action.required = False
+    return parser.parse_args_into_dataclasses(args=flags)
+
+
+def resume_argument(value: str | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``latest``/``true`` for the newest complete one in output_dir."""
+    if isinstance(value, str) and value.strip().lower() in ("latest", "true"):
+        return True
+    return value
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            values = json.load(f)
+        else:
+            import yaml
+
+            values = yaml.safe_load(f)
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    return values
 
 
 # ---- the end of a recipe ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _from_scratch_card(model):
+    """Make the Trainer's model card say "trained from scratch" for a model built from a config.
+
+    `TrainingSummary.from_trainer` takes ``config._name_or_path`` as the base model unless it is a
+    folder; for a model built from a config it is ``""``, which gave "a fine-tuned version of
+    [](https://huggingface.co/)". A folder name (``"."``) is not taken as a base model.
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_name_or_path", None) != "":
+        yield
+        return
+    config._name_or_path = "."
+    try:
+        yield
+    finally:
+        config._name_or_path = ""
 
 
 def finish_run(
@@ -720,7 +791,8 @@ def finish_run(
     tags = card_kwargs.get("tags") or []
     card_kwargs["tags"] = [tags] if isinstance(tags, str) else list(tags)
     card_kwargs["tags"] += [tag for tag in ("hf_critical", "critical-learning-period") if tag not in card_kwargs["tags"]]
-    trainer.create_model_card(**card_kwargs)
+    with _from_scratch_card(trainer.model):
+        trainer.create_model_card(**card_kwargs)
     plot_file = os.path.basename(paths["dynamics plot"]) if os.path.isfile(paths["dynamics plot"]) else None
     paths["model card"] = update_model_card(
         os.path.join(output_dir, "README.md"), model_card_section(results, reporting.results_file, plot_file)

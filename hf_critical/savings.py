@@ -45,17 +45,24 @@ class TrainingCostCallback(TrainerCallback):
     gradient-confusion half-batches, both halves), counted on this process. ``seconds``: wall time
     from the end of the previous step's logging/evaluation/saving (or from the start of training)
     to the end of this step, so data loading and collation are included and evaluation is not.
-    The record survives a resume from a checkpoint.
+    The record survives a resume from a checkpoint, and so does the wall time the run had spent when
+    the checkpoint was written: :attr:`seconds_before_resume` (0 for a run that did not resume), which
+    the reports add to the resumed segment's ``train_runtime`` (the work an interrupted segment did
+    after its last checkpoint is not part of the run).
     """
 
     def __init__(self):
         self.steps: list[dict[str, float]] = []
+        #: Wall time of the run up to the checkpoint this segment resumed from (earlier segments, summed).
+        self.seconds_before_resume = 0.0
         self._rows = 0
         self._mark: float | None = None
+        self._segment_start: float | None = None
         self._hook = None
 
     def state(self) -> dict[str, Any]:
-        return {"steps": [dict(s) for s in self.steps]}
+        elapsed = 0.0 if self._segment_start is None else time.perf_counter() - self._segment_start
+        return {"steps": [dict(s) for s in self.steps], "seconds": self.seconds_before_resume + elapsed}
 
     def _count(self, module, args, kwargs):
         if module.training and torch.is_grad_enabled():
@@ -64,6 +71,8 @@ class TrainingCostCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         saved = (state.stateful_callbacks or {}).get(COST_STATE_KEY) if state.global_step > 0 else None
         self.steps = [s for s in saved["steps"] if s["step"] <= state.global_step] if saved else []
+        self.seconds_before_resume = float(saved.get("seconds", 0.0)) if saved else 0.0
+        self._segment_start = time.perf_counter()
         self._rows = 0
         if self._hook is not None:
             self._hook.remove()
@@ -78,6 +87,10 @@ class TrainingCostCallback(TrainerCallback):
         self._rows = 0
         self._mark = now
         if control.should_save:
+            state.stateful_callbacks[COST_STATE_KEY] = self.state()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:  # save_strategy="epoch": the checkpoint is written after this event
             state.stateful_callbacks[COST_STATE_KEY] = self.state()
 
     def _restart_clock(self, *args, **kwargs):

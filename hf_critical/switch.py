@@ -10,6 +10,10 @@ Key                                Meaning
                                    steps after it train on one copy per sample
 ``critical_period/switch_epoch``   the same, in epochs (logged once)
 =================================  ===============================================================
+
+They go out with the Trainer's training log (every ``logging_steps``): the switch keys with the first
+training log at or after the switch step, never as a log entry of their own; ``augment/copies`` with
+every training log (not with evaluation metrics, which use one clean copy).
 """
 
 from __future__ import annotations
@@ -53,12 +57,14 @@ class CriticalPeriodCallback(TrainerCallback):
         self.detector = detector
         self.dynamics = dynamics
         self.collator = collator
-        self.log_fn = None
         #: None until the detector fires; then the switch step, epoch, detector and metric values.
         self.critical_period: dict[str, Any] | None = None
         #: Learning rate the optimizer used at the current step, and the sum over all steps so far.
         self._learning_rate: float | None = None
         self.learning_rate_sum = 0.0
+        #: The switch keys, until the next training log sends them out.
+        self.unlogged: dict[str, float] = {}
+        self._steps_per_epoch = 1
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -80,6 +86,7 @@ class CriticalPeriodCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         steps_per_epoch = _steps_per_epoch(train_dataloader, args, state)
+        self._steps_per_epoch = steps_per_epoch
         saved = (state.stateful_callbacks or {}).get(SWITCH_STATE_KEY) if state.global_step > 0 else None
         if saved is not None:
             self.detector = detector_from_state(saved["detector"])
@@ -91,6 +98,10 @@ class CriticalPeriodCallback(TrainerCallback):
         else:
             self.critical_period = None
             self.learning_rate_sum = 0.0
+            if self.detector.state()["attributes"]["last_step"] > 0:
+                # A new run (e.g. a second train()): the detector starts afresh, with the same settings.
+                self.detector = type(self.detector)(**self.detector.state()["args"])
+        self.unlogged = {}
         self._learning_rate = None
         self.detector.configure(
             steps_per_epoch=steps_per_epoch,
@@ -112,6 +123,11 @@ class CriticalPeriodCallback(TrainerCallback):
             # Written into this step's dynamics.jsonl record, so that a replay can follow the schedule.
             self.dynamics.record_fields["learning_rate"] = self._learning_rate
             self.dynamics.record_fields["learning_rate_sum"] = self.learning_rate_sum
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.collator is not None and hasattr(self.collator, "set_epoch"):
+            # Before the epoch's DataLoader iterator exists: every batch of the epoch is seeded with it.
+            self.collator.set_epoch(state.global_step // self._steps_per_epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -150,14 +166,12 @@ class CriticalPeriodCallback(TrainerCallback):
         }
         self.dynamics.record_fields["augment_copies"] = self.copies
         logger.info("Critical period ended at step %d (epoch %.3f): augmentation %d -> %d copies", step, epoch, before, self.copies)
-        if self.log_fn is not None:
-            should_log = control.should_log
-            self.log_fn({"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch})
-            control.should_log = should_log
-        else:
-            state.log_history.append(
-                {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch, "step": step}
-            )
+        self.unlogged = {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch}
+
+    def take_unlogged(self) -> dict[str, float]:
+        """The switch keys if not yet logged, and forget them (called by the trainer's training log)."""
+        values, self.unlogged = self.unlogged, {}
+        return values
 
 
 def _steps_per_epoch(train_dataloader, args, state) -> int:

@@ -43,19 +43,16 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .arguments import detector_kwargs
-from .augmentation import AugmentationCollator
+from .augmentation import AUGMENT_ON_DEVICE_KEY as ON_DEVICE_KEY
+from .augmentation import RESERVED_KEYS, SEED_KEY, SINGLE_KEY, AugmentationCollator
+from .augmentation import ROWS_PER_SAMPLE_KEY as ROWS_KEY
 from .callback import DynamicsCallback
-from .detectors import Detector, build_detector
+from .detectors import Detector, NeverSwitch, build_detector
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
 from .switch import CriticalPeriodCallback
 
 __all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "check_launch", "RESERVED_KEYS"]
 
-#: Keys the augmentation collators add to a batch for the trainer; removed before the model sees it.
-ROWS_KEY = "hf_critical_rows_per_sample"
-SINGLE_KEY = "hf_critical_single"
-ON_DEVICE_KEY = "hf_critical_augment_on_device"
-RESERVED_KEYS = (ROWS_KEY, SINGLE_KEY, ON_DEVICE_KEY)
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +113,12 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1, parts: int =
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder that holds a ``trainer_state.json`` (written last by the Trainer).
+    """The newest ``checkpoint-N`` folder that holds a ``trainer_state.json`` (written last by the Trainer), or None.
 
     `transformers.trainer_utils.get_last_checkpoint` returns the newest folder even when the process
     was killed while writing it; resuming from that fails. Incomplete folders are skipped with a warning.
+    A missing ``output_dir`` raises FileNotFoundError, as in `get_last_checkpoint`.
     """
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"resume_from_checkpoint=True but output_dir {output_dir!r} does not exist")
     steps = []
     for name in os.listdir(output_dir):
         match = re.fullmatch(r"checkpoint-(\d+)", name)
@@ -133,7 +129,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):
             return folder
         logger.warning("Skipping %s: it has no %s (interrupted while being written)", folder, TRAINER_STATE_NAME)
-    raise ValueError(f"resume_from_checkpoint=True but {output_dir!r} holds no complete checkpoint")
+    return None
 
 
 def _reload_renamed_weights(model, checkpoint: str) -> None:
@@ -198,6 +194,13 @@ def check_launch(args: Any) -> None:
     only with ``use_cpu=True``; otherwise every process trains its own model on the whole data set
     and, being rank 0 of a world of one, writes the same ``output_dir`` (dynamics.jsonl, checkpoints).
     """
+    if _accelerate_cpu_without_mpi():
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` (N > 1) runs CPU jobs of several processes through mpirun "
+            "(--mpirun_hostfile); without it accelerate started this script once, as a single process. On CPUs use "
+            "`accelerate launch --multi_gpu --num_processes N` (gloo) or `torchrun --nproc_per_node N`, with "
+            "use_cpu=True; or drop --num_processes for one process (see docs/distributed.md)."
+        )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     world = getattr(args, "world_size", 1)
     if launched > 1 and world == 1:
@@ -206,6 +209,23 @@ def check_launch(args: Any) -> None:
             "process each: every process would train its own model on all the data and write the same output_dir. "
             "On a machine without GPUs pass use_cpu=True (--use_cpu true) to train with DDP over gloo."
         )
+
+
+#: Variables through which launchers (torchrun, mpirun flavours) give each process the number of processes.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _accelerate_cpu_without_mpi() -> bool:
+    """Whether ``accelerate launch --cpu --num_processes N>1`` fell back to one process (no mpirun).
+
+    accelerate then runs the script once with ``ACCELERATE_USE_CPU`` and, since N > 1, ``MASTER_ADDR``/
+    ``MASTER_PORT``, but no launcher set a number of processes: every `PartialState` sees a world of one.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1", "yes"):
+        return False
+    if "MASTER_PORT" not in os.environ:
+        return False
+    return not any(name in os.environ for name in _WORLD_SIZE_VARIABLES)
 
 
 def check_fsdp(fsdp_plugin: Any, metrics: Any) -> None:
@@ -281,9 +301,9 @@ class CriticalPeriodTrainer(Trainer):
             raise ValueError("pass the DynamicsCallback either in `callbacks` or as `dynamics_callback`, not both")
         if dynamics_callback is None:
             dynamics_callback = existing[0] if existing else DynamicsCallback.from_args(self.args)
-        if dynamics_callback not in self.callback_handler.callbacks:
+        if dynamics_callback.metrics and dynamics_callback not in self.callback_handler.callbacks:
+            # Nothing measured: no callback (code listing the Trainer's callbacks sees the Trainer's own).
             self.add_callback(dynamics_callback)
-        dynamics_callback.log_fn = self.log
         dynamics_callback.confusion_provider = True
         self.dynamics = dynamics_callback
 
@@ -293,8 +313,8 @@ class CriticalPeriodTrainer(Trainer):
             detector = build_detector(**detector_kwargs(self.args))
         # Added after the DynamicsCallback: its on_step_end reads the measurement of the same step.
         self.switch = CriticalPeriodCallback(detector, dynamics_callback, self.augmentation)
-        self.switch.log_fn = self.log
-        self.add_callback(self.switch)
+        if self.augmentation is not None or not isinstance(detector, NeverSwitch):
+            self.add_callback(self.switch)
 
         check_deepspeed(self.args, self.dynamics.metrics, enabled=self.is_deepspeed_enabled)
         check_fsdp(getattr(self.accelerator.state, "fsdp_plugin", None), self.dynamics.metrics)
@@ -330,8 +350,16 @@ class CriticalPeriodTrainer(Trainer):
         return self.switch.critical_period
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.augmentation is not None and "augment/copies" not in logs:
-            logs["augment/copies"] = self._step_rows_per_sample
+        """`Trainer.log`; a training log (one with ``loss``) also carries what hf_critical measured since the last.
+
+        Measurements never make log entries of their own: code reading ``state.log_history`` or
+        receiving ``on_log`` sees the Trainer's entries only. Evaluation logs are left as they are.
+        """
+        if "loss" in logs:
+            for key, value in {**self.dynamics.take_unlogged(), **self.switch.take_unlogged()}.items():
+                logs.setdefault(key, value)
+            if self.augmentation is not None:
+                logs.setdefault("augment/copies", self._step_rows_per_sample)
         super().log(logs, start_time)
 
     # ---- evaluation uses clean, single-copy batches ----------------------------------------------
@@ -361,6 +389,8 @@ class CriticalPeriodTrainer(Trainer):
         path = resume_from_checkpoint
         if path is True:
             path = last_complete_checkpoint(self.args.output_dir)
+            if path is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
             resume_from_checkpoint = path
         self.dynamics.resume_checkpoint = path if isinstance(path, str) else None
         try:
@@ -464,6 +494,7 @@ class CriticalPeriodTrainer(Trainer):
         batch = dict(self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample))
         batch.pop(ROWS_KEY, None)
         batch.pop(SINGLE_KEY, None)
+        batch.pop(SEED_KEY, None)
         return batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):

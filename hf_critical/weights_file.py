@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -36,7 +37,8 @@ _TORCH = {name: dtype for dtype, name in _DTYPES.items()}
 def write_tensors(path: str, tensors: Iterable[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:
     """Write ``(name, tensor)`` pairs to a safetensors file, copying one tensor to host memory at a time.
 
-    The file is written next to ``path`` and renamed into place, so a reader never sees half a file.
+    The file is written next to ``path`` under a name of this process's own and renamed into place, so a
+    reader never sees half a file, and processes on several nodes may write the same (shared) path.
     """
     items = [(name, t.detach()) for name, t in tensors]
     header: dict[str, object] = {}
@@ -51,12 +53,13 @@ def write_tensors(path: str, tensors: Iterable[tuple[str, torch.Tensor]], metada
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for _, t in items:
-            host = t.to("cpu").contiguous()
+            # reshape(-1): a 0-dimensional tensor (a scalar parameter) cannot be viewed as bytes.
+            host = t.to("cpu").contiguous().reshape(-1)
             f.write(host.view(torch.uint8).numpy().tobytes() if host.numel() else b"")
     os.replace(tmp, path)
 

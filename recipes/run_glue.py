@@ -55,7 +55,13 @@ from hf_critical import (
 from hf_critical.energy import track_energy
 from hf_critical.evaluation import glue_compute_metrics
 from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
-from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
+from hf_critical.reporting import (
+    ReportingArguments,
+    defer_hub_push,
+    finish_run,
+    parse_recipe_arguments,
+    resume_argument,
+)
 from hf_critical.robustness import RobustnessArguments, robustness_for_text
 from hf_critical.savings import TrainingCostCallback
 
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         is_main_process=main_process,
     )
     with track_energy("train", **energy) as train_energy:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model()
     train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
     trainer.log_metrics("train", train_metrics)

@@ -54,14 +54,22 @@ from hf_critical.energy import track_energy
 from hf_critical.evaluation import accuracy_compute_metrics
 from hf_critical.image_data import (
     SKLEARN_DIGITS,
+    UNREADABLE_IMAGES,
     ImageTransform,
+    check_images,
     load_image_folder,
     load_npz_images,
     load_sklearn_digits,
     normalized_value_range,
     split_train_validation,
 )
-from hf_critical.reporting import ReportingArguments, defer_hub_push, finish_run, parse_recipe_arguments
+from hf_critical.reporting import (
+    ReportingArguments,
+    defer_hub_push,
+    finish_run,
+    parse_recipe_arguments,
+    resume_argument,
+)
 from hf_critical.robustness import RobustnessArguments, robustness_for_images
 from hf_critical.savings import TrainingCostCallback
 from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
@@ -121,6 +129,13 @@ class DataTrainingArguments:
     validation_dir: str | None = field(
         default=None, metadata={"help": "Validation images in a folder laid out like `train_dir`."}
     )
+    unreadable_images: str = field(
+        default="error",
+        metadata={
+            "help": "Image folders are decoded once before training; a file that cannot be read stops the run with "
+            "its name ('error') or is left out and counted ('skip')."
+        },
+    )
     train_val_split: float = field(
         default=0.15,
         metadata={
@@ -154,6 +169,8 @@ class DataTrainingArguments:
             raise ValueError(f"give one of `dataset_name`, `train_file` or `train_dir`, not {sources}")
         if self.validation_file is not None and self.train_file is None:
             raise ValueError("`validation_file` goes with `train_file` (for an image folder use `validation_dir`)")
+        if self.unreadable_images not in UNREADABLE_IMAGES:
+            raise ValueError(f"`unreadable_images` must be one of {list(UNREADABLE_IMAGES)}, got {self.unreadable_images!r}")
         if self.validation_dir is not None and self.train_dir is None:
             raise ValueError("`validation_dir` goes with `train_dir`")
         for name in ("train_file", "validation_file"):
@@ -184,7 +201,21 @@ def parse_arguments(argv: list[str] | None):
 
 
 def load_splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: int):
-    """(train, validation) data sets with an image column and a ClassLabel column."""
+    """(train, validation, unreadable files left out): data sets with an image column and a ClassLabel column.
+
+    Images read from a folder are decoded once here, so a corrupt file is named before training.
+    """
+    train, validation = _splits(data_args, cache_dir, seed)
+    if data_args.train_dir is None:
+        return train, validation, []
+    train, skipped = check_images(train, data_args.train_dir, data_args.unreadable_images)
+    validation, more = check_images(validation, data_args.validation_dir or data_args.train_dir, data_args.unreadable_images)
+    if skipped or more:
+        logger.warning("Left out %d unreadable image file(s): %s", len(skipped) + len(more), (skipped + more)[:10])
+    return train, validation, skipped + more
+
+
+def _splits(data_args: DataTrainingArguments, cache_dir: str | None, seed: int):
     if data_args.dataset_name == SKLEARN_DIGITS:
         return split_train_validation(load_sklearn_digits(), _split_size(data_args.train_val_split), seed)
     if data_args.train_file is not None:
@@ -234,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise ValueError(f"`augment_policy='none'` would train on {copies} identical copies: set `augment_copies` to 1")
     set_seed(training_args.seed)
 
-    train_dataset, eval_dataset = load_splits(data_args, model_args.cache_dir, training_args.seed)
+    train_dataset, eval_dataset, skipped_images = load_splits(data_args, model_args.cache_dir, training_args.seed)
     if "image" not in train_dataset.column_names or "label" not in train_dataset.column_names:
         raise ValueError(
             f"the training data needs an image and a label column; found {train_dataset.column_names} "
@@ -324,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         is_main_process=trainer.is_world_process_zero(),
     )
     with track_energy("train", **energy) as train_energy:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model()
     train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
     trainer.log_metrics("train", train_metrics)
@@ -378,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "data": data_name,
             "train_examples": len(train_dataset),
             "eval_examples": len(eval_dataset),
+            "unreadable_images_skipped": len(skipped_images),
             "image_size": config.image_size,
             "augment_policy": data_args.augment_policy,
             "metric": compute_metrics.metric.describe(),

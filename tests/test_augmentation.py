@@ -16,6 +16,7 @@ from hf_critical.augmentation import (
     AUGMENT_ON_DEVICE_KEY,
     IMAGE_POLICIES,
     ROWS_PER_SAMPLE_KEY,
+    SEED_KEY,
     SINGLE_KEY,
     AugmentationCollator,
     ImageAugmentationCollator,
@@ -261,11 +262,18 @@ def test_text_seed_reproducible_and_restores_global_rng(tokenizer) -> None:
     second = TextAugmentationCollator(tokenizer, augmenter=RandomLetter(), copies=3, seed=7)
     random.seed(123)
     state = random.getstate()
-    a1, a2 = first(features), first(features)
+    a1 = first(features)
+    first.set_epoch(1)
+    a2 = first(features)
     assert random.getstate() == state
-    b1, b2 = second(features), second(features)
+    # A pure function of (seed, epoch, texts): no call counter, so a resumed run draws the same texts.
+    b2 = second.__class__(tokenizer, augmenter=RandomLetter(), copies=3, seed=7)
+    b2.set_epoch(1)
+    b1, b2 = second(features), b2(features)
     assert torch.equal(a1["input_ids"], b1["input_ids"]) and torch.equal(a2["input_ids"], b2["input_ids"])
-    assert not torch.equal(a1["input_ids"], a2["input_ids"])  # a new draw on each call
+    assert torch.equal(second(features)["input_ids"], b1["input_ids"])  # the same batch again, same epoch
+    assert not torch.equal(a1["input_ids"], a2["input_ids"])  # a new draw in a new epoch
+    assert not torch.equal(first(features[:3])["input_ids"], a2["input_ids"][:9])  # another batch, new draws
     rows = [_decode(tokenizer, ids) for ids in a1["input_ids"][:3]]
     assert len(set(rows)) > 1  # the copies of one sample differ
 
@@ -444,10 +452,30 @@ def test_image_seed_reproducible_and_global_rng_untouched() -> None:
     b = ImageAugmentationCollator(policy="rand", copies=2, seed=5)
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    a1, a2 = (a.augment_batch({"pixel_values": images})["pixel_values"] for _ in range(2))
+    a1 = a.augment_batch({"pixel_values": images})["pixel_values"]
+    a.set_epoch(3)
+    a2 = a.augment_batch({"pixel_values": images})["pixel_values"]
     assert torch.equal(torch.get_rng_state(), state)
-    b1, b2 = (b.augment_batch({"pixel_values": images})["pixel_values"] for _ in range(2))
+    b1 = b.augment_batch({"pixel_values": images})["pixel_values"]
+    assert torch.equal(b.augment_batch({"pixel_values": images})["pixel_values"], b1)  # a pure function
+    b.set_epoch(3)
+    b2 = b.augment_batch({"pixel_values": images})["pixel_values"]
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and not torch.equal(a1, a2)
+    other = b.augment_batch({"pixel_values": images.flip(0)})["pixel_values"]
+    assert not torch.equal(other.flip(0)[1::2], b2[0::2])  # another batch (the same images reordered): new draws
+
+
+def test_on_device_batches_carry_the_seed_of_their_clean_content() -> None:
+    images = torch.rand(4, 1, 8, 8)
+    collator = ImageAugmentationCollator(policy="affine", copies=2, seed=5, value_range=(0.0, 1.0))
+    batch = collator(_image_features(images))
+    assert isinstance(batch[SEED_KEY], int)
+    on_device = collator.augment_batch({k: v for k, v in batch.items() if k != AUGMENT_ON_DEVICE_KEY})
+    in_place = collator.augment_batch({"pixel_values": images, "labels": batch["labels"]})
+    assert torch.equal(on_device["pixel_values"], in_place["pixel_values"])
+    assert SEED_KEY not in on_device
+    with pytest.raises(ValueError, match="`epoch` must be an int >= 0"):
+        collator.set_epoch(-1)
 
 
 def test_image_callable_policy_and_its_checks() -> None:

@@ -336,7 +336,56 @@ def test_run_vit_from_an_image_folder_and_a_yaml_file(run_vit, tmp_path):
     assert results["run"]["metric"]["name"] == "accuracy"
     saved = json.loads((out / "config.json").read_text())
     assert saved["id2label"] == {"0": "cat", "1": "dog"} and saved["num_channels"] == 3
-    assert (out / "dynamics.png").stat().st_size > 0 and CARD_BEGIN in (out / "README.md").read_text(encoding="utf-8")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert (out / "dynamics.png").stat().st_size > 0 and CARD_BEGIN in card
+    # Built from a config: "trained from scratch", not "a fine-tuned version of [](https://huggingface.co/)".
+    assert "This model was trained from scratch" in card and "fine-tuned version of []" not in card
+    # Evaluation uses one clean copy: augment/copies is no evaluation result.
+    assert "augment/copies" not in json.dumps(results["metrics"]["eval"]) and "Augment/copies" not in card
+    assert results["run"]["unreadable_images_skipped"] == 0
+
+
+def test_run_vit_names_an_unreadable_image_before_training(run_vit, tmp_path):
+    """A corrupt file in an image folder: one clear error naming it before training, or left out and counted."""
+    train_dir = write_image_folder(tmp_path / "train", {"cat": 6, "dog": 6})
+    good = (tmp_path / "train" / "cat" / "0.png").read_bytes()
+    (tmp_path / "train" / "cat" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "train" / "dog" / "notes.png").write_text("not an image", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [
+        "--train_dir", train_dir, "--train_val_split", "4",
+        "--config_overrides", "patch_size=4,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=24",
+        "--augment_policy", "crop_flip", "--augment_copies", "2", "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--detector", "never", "--output_dir", str(out), "--track_energy", "false", *COMMON,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"2 of \d+ image file\(s\) cannot be read: .*(truncated|notes)\.png") as info:
+        run_vit.main(argv)
+    assert "truncated.png" in str(info.value) and "notes.png" in str(info.value)
+    assert "--unreadable_images skip" in str(info.value)
+    assert not out.exists() or not any(name.startswith("checkpoint") for name in os.listdir(out))
+    results = run_vit.main([*argv, "--unreadable_images", "skip"])
+    assert results["run"]["unreadable_images_skipped"] == 2
+    assert results["run"]["train_examples"] + results["run"]["eval_examples"] == 12
+
+
+def test_run_vit_config_file_then_flags_that_override_it(run_vit, tmp_path):
+    """``run_vit.py my.yaml --seed 1 --max_steps 2``: the file's values, the flags on top (the file was dropped)."""
+    argv = [
+        "--dataset_name", "sklearn_digits", "--train_val_split", "1597", "--max_eval_samples", "32",
+        "--config_overrides", "patch_size=4,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=24",
+        "--config_name", "vit-digits", "--augment_policy", "affine", "--augment_copies", "2", "--max_steps", "6",
+        "--per_device_train_batch_size", "50", "--detector", "fixed", "--detector_switch_step", "1",
+        "--output_dir", str(tmp_path / "from_file"), "--track_energy", "false", *COMMON,
+    ]  # fmt: skip
+    config = write_yaml(tmp_path / "run.yaml", argv)
+    results = run_vit.main([config, "--max_steps", "2", "--output_dir", str(tmp_path / "flags"), "--seed", "1"])
+    assert results["measured"]["optimizer_steps"] == 2  # the flag, not the file's 6
+    assert results["critical_period"]["switch_step"] == 1  # the file's detector settings kept
+    assert results["arguments"]["training"]["seed"] == 1
+    assert (tmp_path / "flags" / "critical_period_results.json").is_file() and not (tmp_path / "from_file").exists()
+    with pytest.raises(ValueError, match="unknown key"):
+        (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"learning_rat": 0.1}), encoding="utf-8")
+        run_vit.main([str(tmp_path / "typo.yaml"), "--seed", "1"])
 
 
 def test_run_vit_rejects_bad_input(run_vit, tmp_path):

@@ -148,7 +148,10 @@ def test_metrics_logged_exactly_at_scheduled_steps(tmp_path, model_name, accumul
         max_steps=7,
         logging_steps=100,
     )
-    entries = dynamics_entries(trainer.state.log_history)
+    # No training log in 7 steps (logging_steps=100): the measurements are in history and the jsonl only.
+    assert not dynamics_entries(trainer.state.log_history)
+    assert [h.keys() >= {"train_runtime"} for h in trainer.state.log_history] == [True]
+    entries = trainer.dynamics.history
     assert [e["step"] for e in entries] == [3, 6]
     for entry in entries:
         for key in KEYS:
@@ -283,7 +286,10 @@ def test_plain_trainer_with_callback_measures_what_it_can(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_critical.callback"):
         trainer.train()
     assert "needs CriticalPeriodTrainer" in caplog.text
-    entries = dynamics_entries(trainer.state.log_history)
+    # A plain Trainer's log is left as it is: the values are in the callback's history and the jsonl.
+    assert not dynamics_entries(trainer.state.log_history)
+    assert [r["step"] for r in read_jsonl(jsonl_path(tmp_path))] == [2, 4, 6]
+    entries = callback.history
     assert [e["step"] for e in entries] == [2, 4, 6]
     assert all("dynamics/gradient_confusion" not in e and "dynamics/layer_rotation" in e for e in entries)
     assert all("dynamics/gradient_predictability" in e for e in entries)
