@@ -18,6 +18,11 @@ Arms (`parse_arm`):
 ``none``                        one clean copy throughout (``augment_copies 1`` plus ``clean``)
 ``full``                        k copies throughout (``detector never``)
 ``fixed@<span>``                switch after a fixed number of epochs (``5ep``) or steps (``200``)
+``fixed@<p>%``                  switch after p % of the run's epochs (0 < p < 100): the oracle sweep in fractions
+``fixed@<span>:<mode>``         the same, with ``augment_after_switch`` = ``clean`` or ``augmented`` (k = 1
+                                after the switch: the clean sample, or one augmented copy)
+``fixed@0%:augmented``          one augmented copy throughout (``augment_copies 1``): the 0 % point of the
+                                ``augmented`` meaning (the ``clean`` meaning's 0 % point is ``none``)
 ``stability:<m>[+<m>...]``      the stability detector on the named metric(s); ``stability:all`` on all three
 ``fukase_confusion_iqr``        Fukase et al.'s rules (``hf_critical.detectors``)
 ``fukase_rotation_angle``
@@ -50,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arguments import METRIC_NAMES
+from .arguments import AFTER_SWITCH_MODES, METRIC_NAMES
 from .detectors import build_detector, parse_span
 from .reporting import RESULTS_FILE
 
@@ -71,18 +76,36 @@ class Arm:
     kind: str  # none | full | fixed | stability | fukase | validation
     span: str | None = None
     metrics: tuple[str, ...] = ()
+    #: ``fixed`` arms: ``augment_after_switch`` (None: the recipe's default).
+    after_switch: str | None = None
 
-    def recipe_args(self, clean: Mapping[str, Any]) -> dict[str, Any]:
-        """The recipe arguments this arm sets on top of the task's (``validation`` needs its switch step added)."""
+    @property
+    def fraction(self) -> float | None:
+        """The switch point as a fraction of the run, for ``fixed@<p>%`` arms (None otherwise)."""
+        if self.kind == "fixed" and self.span is not None and self.span.endswith("%"):
+            return float(self.span[:-1]) / 100.0
+        return None
+
+    def recipe_args(self, clean: Mapping[str, Any], task_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The recipe arguments this arm sets on top of the task's (``validation`` needs its switch step added).
+
+        ``task_args`` (the task's own arguments) give the run length that a ``fixed@<p>%`` arm needs.
+        """
         if self.kind == "none":
             return {**clean, "augment_copies": 1, "detector": "never"}
         if self.kind == "full":
             return {"detector": "never"}
         if self.kind == "fixed":
+            mode = {} if self.after_switch is None else {"augment_after_switch": self.after_switch}
+            fraction = self.fraction
+            if fraction == 0.0:  # fixed@0%:augmented: one augmented copy from the start, never switching
+                return {"augment_copies": 1, "detector": "never"}
+            if fraction is not None:
+                return {"detector": "fixed", **_fraction_switch(fraction, task_args or {}, self.name), **mode}
             span = parse_span(self.span, "fixed switch", allow_zero=False)
             if span.in_epochs:
-                return {"detector": "fixed", "detector_switch_epoch": span.amount}
-            return {"detector": "fixed", "detector_switch_step": int(span.amount)}
+                return {"detector": "fixed", "detector_switch_epoch": span.amount, **mode}
+            return {"detector": "fixed", "detector_switch_step": int(span.amount), **mode}
         if self.kind == "stability":
             return {"detector": "stability", "detector_metrics": list(self.metrics)}
         if self.kind == "fukase":
@@ -101,9 +124,24 @@ def parse_arm(name: str) -> Arm:
     if name in DETECTOR_ARMS:
         return Arm(name, "fukase")
     if name.startswith("fixed@"):
-        span = name.removeprefix("fixed@")
-        parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
-        return Arm(name, "fixed", span=span)
+        span, _, mode = name.removeprefix("fixed@").partition(":")
+        if mode and mode not in AFTER_SWITCH_MODES:
+            raise ValueError(f"arm {name!r}: after ':' comes one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+        if span.endswith("%"):
+            try:
+                percent = float(span[:-1])
+            except ValueError:
+                raise ValueError(f"arm {name!r}: a fraction of the run is written like 'fixed@10%'") from None
+            if percent == 0 and mode == "augmented":
+                return Arm(name, "fixed", span=span, after_switch=mode)
+            if not 0 < percent < 100:
+                raise ValueError(
+                    f"arm {name!r}: the switch point must lie strictly between 0 % and 100 % of the run "
+                    "(0 %: 'none' or 'fixed@0%:augmented'; 100 %: 'full')"
+                )
+        else:
+            parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
+        return Arm(name, "fixed", span=span, after_switch=mode or None)
     if name.startswith("stability:"):
         spec = name.removeprefix("stability:")
         metrics = tuple(METRIC_NAMES) if spec == "all" else tuple(spec.split("+"))
@@ -112,9 +150,20 @@ def parse_arm(name: str) -> Arm:
             raise ValueError(f"arm {name!r}: unknown metric(s) {unknown}; allowed: {list(METRIC_NAMES)} or 'all'")
         return Arm(name, "stability", metrics=metrics)
     raise ValueError(
-        f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>, "
+        f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>|<percent>%[:clean|:augmented], "
         f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}"
     )
+
+
+def _fraction_switch(fraction: float, task_args: Mapping[str, Any], arm: str) -> dict[str, Any]:
+    """``detector_switch_epoch`` (or ``_step``, for runs set by ``max_steps``) at ``fraction`` of the run."""
+    max_steps = task_args.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        return {"detector_switch_step": max(1, round(fraction * max_steps))}
+    epochs = task_args.get("num_train_epochs")
+    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs <= 0:
+        raise ValueError(f"arm {arm!r}: a switch at a fraction of the run needs the task's `num_train_epochs` or `max_steps`")
+    return {"detector_switch_epoch": round(fraction * float(epochs), 6)}
 
 
 @dataclass
@@ -135,6 +184,9 @@ class StudyConfig:
     tasks: list[Task]
     seeds: list[int]
     data_dir: str = "../shared/data"
+    #: Where `report` writes runs.csv, summary, plots and the full arms' metric logs (None: ``output_dir``).
+    #: The runs themselves (weights, logs) stay in ``output_dir``.
+    results_dir: str | None = None
     keep_models: bool = False
     #: Validation rule: a run of ``patience`` evaluations without ``min_delta`` improvement ends the period.
     validation_patience: int = 2
@@ -193,6 +245,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         "validation_min_delta",
         "depth_groups",
         "threads",
+        "results_dir",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -256,6 +309,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         threads=threads,
         depth_groups={str(k): dict(v) for k, v in depth_groups.items()},
         output_dir=str(raw["output_dir"]),
+        results_dir=None if raw.get("results_dir") is None else str(raw["results_dir"]),
         tasks=tasks,
         seeds=seeds,
         data_dir=str(raw.get("data_dir", "../shared/data")),
@@ -292,13 +346,28 @@ def _substitute(value: Any, data_dir: str) -> Any:
     return value
 
 
-def plan_runs(config: StudyConfig, tasks: Iterable[str] | None = None) -> list[Run]:
-    """Every run of the study, in running order: per task, each seed's ``full`` arm before ``validation``."""
+def plan_runs(
+    config: StudyConfig,
+    tasks: Iterable[str] | None = None,
+    arms: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+) -> list[Run]:
+    """Every run of the study, in running order: per task, each seed's ``full`` arm before ``validation``.
+
+    ``tasks``, ``arms`` and ``seeds`` keep only those (a part of the study: the rest stays as it is).
+    """
     wanted = set(tasks) if tasks is not None else None
     if wanted is not None:
         unknown = sorted(wanted - {task.name for task in config.tasks})
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; the study has {[task.name for task in config.tasks]}")
+    wanted_arms = set(arms) if arms is not None else None
+    if wanted_arms is not None:
+        listed = {arm.name for task in config.tasks for arm in task.arms}
+        unknown = sorted(wanted_arms - listed)
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; the study's tasks list {sorted(listed)}")
+    wanted_seeds = set(seeds) if seeds is not None else None
     runs = []
     for task in config.tasks:
         if wanted is not None and task.name not in wanted:
@@ -306,9 +375,13 @@ def plan_runs(config: StudyConfig, tasks: Iterable[str] | None = None) -> list[R
         ordered = sorted(task.arms, key=lambda arm: arm.kind == "validation")
         has_validation = any(arm.kind == "validation" for arm in task.arms)
         for arm in ordered:
+            if wanted_arms is not None and arm.name not in wanted_arms:
+                continue
             for seed in config.seeds_of(task):
+                if wanted_seeds is not None and seed not in wanted_seeds:
+                    continue
                 args = _substitute(task.args, config.data_dir)
-                args.update(arm.recipe_args(_substitute(task.clean, config.data_dir)))
+                args.update(arm.recipe_args(_substitute(task.clean, config.data_dir), args))
                 if arm.kind == "full" and has_validation:
                     args.update(eval_strategy="epoch")  # the validation rule's curve; its time is left out
                 output_dir = os.path.join(config.output_dir, "runs", task.name, _safe(arm.name), f"seed{seed}")
@@ -1105,8 +1178,8 @@ def _save(fig: Any, path: str) -> str:
 
 
 def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
-    """Write ``runs.csv``, ``replay.csv``, ``summary.md`` and the plots into the study's output folder."""
-    out = config.output_dir
+    """Write ``runs.csv``, ``replay.csv``, ``summary.md`` and the plots into the study's results folder."""
+    out = config.results_dir or config.output_dir
     os.makedirs(out, exist_ok=True)
     rows = collect(config, runs)
     summary = summarize(rows)

@@ -67,6 +67,65 @@ def test_arm_names_are_parsed_into_recipe_arguments():
     assert study.parse_arm("fukase_confusion_iqr").recipe_args(clean) == {"detector": "fukase_confusion_iqr"}
 
 
+def test_fraction_arms_switch_at_that_share_of_the_run_with_either_meaning_of_one_copy():
+    clean = {"augment_policy": "none"}
+    epochs = {"num_train_epochs": 60}
+    arm = study.parse_arm("fixed@5%:clean")
+    assert arm.fraction == pytest.approx(0.05) and arm.after_switch == "clean"
+    assert arm.recipe_args(clean, epochs) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 3.0,
+        "augment_after_switch": "clean",
+    }
+    assert study.parse_arm("fixed@30%:augmented").recipe_args(clean, {"num_train_epochs": 30}) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 9.0,
+        "augment_after_switch": "augmented",
+    }
+    # A run set by max_steps switches at a step; max_steps wins over epochs, as in TrainingArguments.
+    assert study.parse_arm("fixed@10%").recipe_args(clean, {"max_steps": 250, "num_train_epochs": 3}) == {
+        "detector": "fixed",
+        "detector_switch_step": 25,
+    }
+    # 0 % of the augmented meaning: one augmented copy from the first step, the augmentation kept on.
+    assert study.parse_arm("fixed@0%:augmented").recipe_args(clean, epochs) == {"augment_copies": 1, "detector": "never"}
+    assert study.parse_arm("fixed@10ep:augmented").recipe_args(clean) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 10.0,
+        "augment_after_switch": "augmented",
+    }
+    assert study.parse_arm("full").fraction is None
+    with pytest.raises(ValueError, match="needs the task's `num_train_epochs`"):
+        study.parse_arm("fixed@10%").recipe_args(clean, {})
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("fixed@0%", "strictly between 0 % and 100 %"),
+        ("fixed@0%:clean", "'none' or 'fixed@0%:augmented'"),
+        ("fixed@100%:augmented", "100 %: 'full'"),
+        ("fixed@ten%", "like 'fixed@10%'"),
+        ("fixed@10%:noisy", "one of ['clean', 'augmented']"),
+    ],
+)
+def test_bad_fraction_arms_are_named_in_the_error(name, message):
+    with pytest.raises(ValueError) as err:
+        study.parse_arm(name)
+    assert message in str(err.value) and name in str(err.value)
+
+
+def test_a_part_of_the_study_is_some_tasks_arms_and_seeds(tmp_path):
+    raw = minimal(output_dir=str(tmp_path))
+    raw["tasks"]["digits"]["arms"] = ["none", "fixed@50%:clean", "fixed@50%:augmented", "full"]
+    config = study.config_from_dict(raw)
+    part = study.plan_runs(config, arms=["fixed@50%:augmented", "full"], seeds=[1])
+    assert [run.key for run in part] == ["digits/fixed@50%:augmented/seed1", "digits/full/seed1"]
+    assert part[0].args["detector_switch_epoch"] == 2.0 and part[0].args["augment_after_switch"] == "augmented"
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['fixed@60%'\]"):
+        study.plan_runs(config, arms=["fixed@60%"])
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
