@@ -58,6 +58,7 @@ from typing import Any
 from .arguments import AFTER_SWITCH_MODES, METRIC_NAMES
 from .detectors import build_detector, parse_span
 from .reporting import RESULTS_FILE
+from .savings import DEFAULT_PRICE_PER_ACCELERATOR_HOUR, DEFAULT_PRICE_PER_KWH, estimate_cost
 
 RECIPES = ("run_glue", "run_vit")
 FAILURE_FILE = "study_failure.json"
@@ -187,6 +188,9 @@ class StudyConfig:
     #: Where `report` writes runs.csv, summary, plots and the full arms' metric logs (None: ``output_dir``).
     #: The runs themselves (weights, logs) stay in ``output_dir``.
     results_dir: str | None = None
+    #: Prices of the money columns (`hf_critical.savings` names the sources of the defaults).
+    price_per_kwh: float = DEFAULT_PRICE_PER_KWH
+    price_per_accelerator_hour: float = DEFAULT_PRICE_PER_ACCELERATOR_HOUR
     keep_models: bool = False
     #: Validation rule: a run of ``patience`` evaluations without ``min_delta`` improvement ends the period.
     validation_patience: int = 2
@@ -246,6 +250,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         "depth_groups",
         "threads",
         "results_dir",
+        "price_per_kwh",
+        "price_per_accelerator_hour",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -302,6 +308,13 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         missing = sorted(set(members) - task_names)
         if missing:
             raise ValueError(f"{source}: depth group {family!r} names unknown task(s) {missing}")
+    prices = {}
+    for key in ("price_per_kwh", "price_per_accelerator_hour"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{source}: '{key}' must be a number >= 0, got {value!r}")
+            prices[key] = float(value)
     threads = raw.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"{source}: 'threads' must be an integer >= 1 or absent, got {threads!r}")
@@ -310,6 +323,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         depth_groups={str(k): dict(v) for k, v in depth_groups.items()},
         output_dir=str(raw["output_dir"]),
         results_dir=None if raw.get("results_dir") is None else str(raw["results_dir"]),
+        **prices,
         tasks=tasks,
         seeds=seeds,
         data_dir=str(raw.get("data_dir", "../shared/data")),
@@ -614,6 +628,7 @@ def collect(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
             with open(run.results_path, encoding="utf-8") as fh:
                 results = json.load(fh)
             row.update(result_row(results, _task(config, run.task).metric, run.output_dir))
+            row.update(money_columns(row, config.price_per_accelerator_hour, config.price_per_kwh))
         rows.append(row)
     return rows
 
@@ -661,6 +676,21 @@ def result_row(
     if robustness.get("clean_accuracy") is not None:
         row["robust/clean"] = robustness["clean_accuracy"]  # the clean accuracy on the attacked subset
     return row
+
+
+def money_columns(
+    row: Mapping[str, Any], price_per_accelerator_hour: float, price_per_kwh: float
+) -> dict[str, float | None]:
+    """A run's cost at the study's prices: its train time as accelerator-hours plus its (estimated) energy.
+
+    On the CPU machines of this project the "accelerator" is the CPU the run held: the figure says
+    what the same train time would cost at that price, not what the run would cost on a GPU (where it
+    would take less time). Savings in money follow the savings in time; the prices set the scale only.
+    """
+    cost = estimate_cost(row.get("train_seconds"), row.get("train_energy_kwh"), price_per_accelerator_hour, price_per_kwh)
+    machine, electricity = cost["machine_cost"], cost["electricity_cost"]
+    total = None if machine is None else machine + (electricity or 0.0)
+    return {"machine_cost_usd": machine, "electricity_cost_usd": electricity, "cost_usd": total}
 
 
 def in_training_eval_seconds(output_dir: str) -> float:
@@ -714,6 +744,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "train_energy_kwh",
         "train_emissions_kg",
         "training_rows",
+        "cost_usd",
     ]
     robust = sorted({key for row in rows for key in row if key.startswith("robust/")})
     summary = []
@@ -725,7 +756,12 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         summary.append(entry)
     for entry in summary:
         full = next((e for e in summary if e["task"] == entry["task"] and e["arm"] == "full"), None)
-        for key, label in (("train_seconds", "time"), ("train_energy_kwh", "energy"), ("training_rows", "rows")):
+        for key, label in (
+            ("train_seconds", "time"),
+            ("train_energy_kwh", "energy"),
+            ("training_rows", "rows"),
+            ("cost_usd", "cost"),
+        ):
             base = full.get(key) if full else None
             entry[f"{label}_saving"] = (1 - entry[key] / base) if base and entry.get(key) is not None else None
         base_acc = full.get("accuracy") if full else None
@@ -766,6 +802,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
         "train s",
         "energy Wh",
         "CO2 g",
+        "cost US¢",
         "time saved",
         "energy saved",
         "rows saved",
@@ -788,6 +825,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
             _cell(e["train_seconds"], e["train_seconds_std"], 1, 1),
             _cell(e["train_energy_kwh"], e["train_energy_kwh_std"], 1000, 3),
             _cell(e["train_emissions_kg"], e["train_emissions_kg_std"], 1000, 3),
+            _cell(e.get("cost_usd"), e.get("cost_usd_std"), 100, 2),
             pct(e["time_saving"]),
             pct(e["energy_saving"]),
             pct(e["rows_saving"]),
@@ -939,6 +977,155 @@ def oracle_point(summary: Sequence[Mapping[str, Any]], task: str, tolerance_pp: 
     return None
 
 
+# ---- the oracle sweep in fractions of the run ---------------------------------------------------------
+
+
+def fraction_points(summary: Sequence[Mapping[str, Any]], task: str, mode: str) -> list[tuple[float, Mapping[str, Any]]]:
+    """(switch point as a fraction of the run, summary entry) of one meaning of k = 1, from 0 to 1.
+
+    The ends are shared arms: 0 is ``none`` for ``clean`` and ``fixed@0%:augmented`` (one augmented
+    copy throughout) for ``augmented``; 1 is ``full`` for both.
+    """
+    if mode not in AFTER_SWITCH_MODES:
+        raise ValueError(f"`mode` must be one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+    points = []
+    for entry in summary:
+        if entry["task"] != task or entry.get("accuracy") is None:
+            continue
+        if entry["arm"] == "full":
+            points.append((1.0, entry))
+        elif entry["arm"] == "none" and mode == "clean":
+            points.append((0.0, entry))
+        else:
+            try:
+                arm = parse_arm(entry["arm"])
+            except ValueError:
+                continue
+            if arm.fraction is not None and arm.after_switch == mode:
+                points.append((arm.fraction, entry))
+    return sorted(points, key=lambda point: point[0])
+
+
+def earliest_no_loss_fraction(
+    points: Sequence[tuple[float, Mapping[str, Any]]], tolerance_pp: float = 0.3
+) -> float | None:
+    """The smallest switch fraction (below 1) whose mean accuracy is within ``tolerance_pp`` of ``full``'s."""
+    full = next((entry for fraction, entry in points if fraction == 1.0), None)
+    if full is None:
+        return None
+    for fraction, entry in points:
+        if fraction < 1.0 and 100 * (full["accuracy"] - entry["accuracy"]) <= tolerance_pp:
+            return fraction
+    return None
+
+
+def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
+    """Accuracy (mean ± std) and train time per switch point, both meanings of k = 1 side by side."""
+    columns = {mode: dict(fraction_points(summary, task, mode)) for mode in AFTER_SWITCH_MODES}
+    fractions = sorted({f for points in columns.values() for f in points})
+    if not fractions:
+        return ""
+    lines = [
+        "| switch at | clean: accuracy % | clean: train s | augmented: accuracy % | augmented: train s | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fraction in fractions:
+        cells = [f"{100 * fraction:g} %"]
+        seeds = []
+        for mode in AFTER_SWITCH_MODES:
+            entry = columns[mode].get(fraction)
+            if entry is None:
+                cells += ["–", "–"]
+                continue
+            seeds.append(str(entry["seeds"]))
+            cells += [
+                _cell(entry["accuracy"], entry["accuracy_std"], 100, 2),
+                _cell(entry["train_seconds"], entry["train_seconds_std"], 1, 1),
+            ]
+        lines.append("| " + " | ".join([*cells, "/".join(dict.fromkeys(seeds))]) + " |")
+    return "\n".join(lines)
+
+
+def plot_fraction_oracle(summary: Sequence[Mapping[str, Any]], task: str, path: str) -> str | None:
+    """Accuracy and train time against the switch point (% of the run), one line per meaning of k = 1."""
+    curves = {mode: fraction_points(summary, task, mode) for mode in AFTER_SWITCH_MODES}
+    if sum(len(points) for points in curves.values()) < 3:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (mode, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        xs = [100 * fraction for fraction, _ in points]
+        label = "k=1 clean after the switch" if mode == "clean" else "k=1 augmented after the switch"
+        for ax, key, scale in ((axes[0], "accuracy", 100.0), (axes[1], "train_seconds", 1.0)):
+            ax.errorbar(
+                [x + (i - 0.5) * 0.6 for x in xs],  # a small offset keeps the error bars apart
+                [scale * entry[key] for _, entry in points],
+                yerr=[scale * (entry.get(f"{key}_std") or 0) for _, entry in points],
+                fmt="o-" if mode == "clean" else "s--",
+                color=f"C{i}",
+                capsize=2,
+                label=label,
+            )
+    axes[0].set_ylabel("accuracy (%, mean ± std over seeds)")
+    axes[1].set_ylabel("train time (s)")
+    for ax in axes:
+        ax.set_xlabel("switch point (% of the run; 0: never k copies, 100: k copies throughout)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"{task}: accuracy vs switch point")
+    axes[1].set_title(f"{task}: train time vs switch point")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- the full arms' metric logs ---------------------------------------------------------------------
+
+
+def export_dynamics(runs: Sequence[Run], folder: str) -> list[str]:
+    """Gzip every finished ``full`` run's ``dynamics.jsonl`` to ``<folder>/<task>/seed<s>.jsonl.gz``.
+
+    Before its switch a detector's run is the full run, so these logs let any detector be replayed
+    on every setting later (`replay_detector` on `read_dynamics_file`) without training again. The
+    gzip header carries no time stamp: an unchanged log gives the same bytes.
+    """
+    import gzip
+
+    from .callback import DYNAMICS_FILE
+
+    written = []
+    for run in runs:
+        source = os.path.join(run.output_dir, DYNAMICS_FILE)
+        if run.arm.kind != "full" or run_status(run) != "done" or not os.path.isfile(source):
+            continue
+        target = os.path.join(folder, run.task, f"seed{run.seed}.jsonl.gz")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(source, "rb") as src, open(target, "wb") as raw, gzip.GzipFile(
+            fileobj=raw, mode="wb", compresslevel=9, mtime=0, filename=""
+        ) as dst:
+            shutil.copyfileobj(src, dst)
+        written.append(target)
+    return written
+
+
+def read_dynamics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``dynamics.jsonl`` file, gzipped (``.gz``, as `export_dynamics` writes) or not."""
+    import gzip
+
+    from .plotting import read_dynamics
+
+    path = os.fspath(path)
+    if not path.endswith(".gz"):
+        return read_dynamics(path)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 # ---- plots ------------------------------------------------------------------------------------------
 
 
@@ -980,7 +1167,15 @@ def plot_task(summary: Sequence[Mapping[str, Any]], task: str, path_prefix: str)
     fig.tight_layout()
     paths.append(_save(fig, f"{path_prefix}_pareto.png"))
 
-    fixed = sorted((e for e in entries if e["arm"].startswith("fixed@")), key=lambda e: e["switch_epoch"] or 0)
+    # Arms at fractions of the run have their own plot (`plot_fraction_oracle`), one line per meaning of k = 1.
+    fixed = sorted(
+        (
+            e
+            for e in entries
+            if e["arm"].startswith("fixed@") and e.get("switch_epoch") is not None and parse_arm(e["arm"]).fraction is None
+        ),
+        key=lambda e: e["switch_epoch"],
+    )
     if fixed:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         ax.errorbar(
@@ -1200,7 +1395,20 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if not any(e["task"] == task.name for e in summary):
             continue
         lines += [f"## {task.name}", "", markdown_table(summary, task.name), ""]
-        oracle = oracle_point(summary, task.name)
+        sweep = fraction_table(summary, task.name)
+        if sweep:
+            lines += ["Oracle sweep (switch point in % of the run; mean ± std over seeds):", "", sweep, ""]
+            for mode in AFTER_SWITCH_MODES:
+                earliest = earliest_no_loss_fraction(fraction_points(summary, task.name, mode))
+                lines.append(
+                    f"- earliest switch within 0.3 pp of full, k=1 {mode}: "
+                    + ("none of the points" if earliest is None else f"{100 * earliest:g} % of the run")
+                )
+            lines.append("")
+            plot = plot_fraction_oracle(summary, task.name, os.path.join(out, "plots", f"{task.name}_fractions.png"))
+            if plot:
+                lines += [f"![{os.path.basename(plot)}](plots/{os.path.basename(plot)})", ""]
+        oracle = oracle_point(summary, task.name) if not sweep else None
         if oracle is not None:
             lines += [
                 f"Earliest fixed switch within 0.3 pp of full augmentation: {oracle['arm']} ({100 * oracle['accuracy']:.2f} %).",
@@ -1253,6 +1461,22 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))
         if depth_plot:
             lines += ["## Depth", "", "![depth.png](plots/depth.png)", ""]
+    logs = export_dynamics(runs, os.path.join(out, "dynamics"))
+    if logs:
+        lines += [
+            "## Metric logs",
+            "",
+            f"The {len(logs)} finished full runs' dynamics.jsonl (all metrics, every measured step), gzipped in "
+            "dynamics/<task>/seed<s>.jsonl.gz: `hf_critical.study.read_dynamics_file` reads them and "
+            "`replay_detector` replays any detector on them.",
+            "",
+        ]
+    prices = (
+        f"Money at {config.price_per_accelerator_hour:g} USD per accelerator-hour (the train time) plus "
+        f"{config.price_per_kwh:g} USD per kWh (the estimated energy); sources of the defaults in hf_critical.savings."
+    )
+    lines.insert(2, prices)
+    lines.insert(3, "")
     summary_path = os.path.join(out, "summary.md")
     with open(summary_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))

@@ -258,6 +258,47 @@ def test_oracle_point_is_the_earliest_fixed_switch_without_loss():
     assert study.oracle_point(summary[:2], "t") is None
 
 
+def _entry(arm, accuracy, seconds, std=0.0):
+    return {"task": "t", "arm": arm, "seeds": 3, "accuracy": accuracy, "accuracy_std": std,
+            "train_seconds": seconds, "train_seconds_std": 0.0}
+
+
+def test_the_fraction_sweep_has_one_curve_per_meaning_of_one_copy_with_shared_ends(tmp_path):
+    summary = [
+        _entry("none", 0.90, 20.0),
+        _entry("fixed@0%:augmented", 0.91, 21.0),
+        _entry("fixed@10%:clean", 0.89, 25.0),
+        _entry("fixed@50%:clean", 0.935, 40.0),
+        _entry("fixed@10%:augmented", 0.93, 25.0),
+        _entry("fixed@2ep", 0.5, 22.0),  # an epoch-count arm: not a point of the fraction curves
+        _entry("full", 0.94, 60.0, std=0.01),
+    ]
+    clean = study.fraction_points(summary, "t", "clean")
+    augmented = study.fraction_points(summary, "t", "augmented")
+    assert [(f, e["arm"]) for f, e in clean] == [(0.0, "none"), (0.1, "fixed@10%:clean"), (0.5, "fixed@50%:clean"), (1.0, "full")]
+    assert [e["arm"] for _, e in augmented] == ["fixed@0%:augmented", "fixed@10%:augmented", "full"]
+    assert study.earliest_no_loss_fraction(clean) is None  # 50 % loses 0.5 pp: more than the 0.3 pp allowed
+    assert study.earliest_no_loss_fraction(clean, tolerance_pp=0.6) == 0.5
+    assert study.earliest_no_loss_fraction(augmented, tolerance_pp=1.0) == 0.1
+    table = study.fraction_table(summary, "t").splitlines()
+    assert table[2] == "| 0 % | 90.00 | 20.0 | 91.00 | 21.0 | 3 |"
+    assert table[-1] == "| 100 % | 94.00 ± 1.00 | 60.0 | 94.00 ± 1.00 | 60.0 | 3 |"
+    assert os.path.isfile(study.plot_fraction_oracle(summary, "t", str(tmp_path / "f.png")))
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        study.fraction_points(summary, "t", "noisy")
+
+
+def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_price():
+    row = {"train_seconds": 1800.0, "train_energy_kwh": 0.5}
+    money = study.money_columns(row, price_per_accelerator_hour=4.0, price_per_kwh=0.2)
+    assert money == {"machine_cost_usd": 2.0, "electricity_cost_usd": pytest.approx(0.1), "cost_usd": pytest.approx(2.1)}
+    assert study.money_columns({}, 4.0, 0.2)["cost_usd"] is None
+    config = study.config_from_dict(minimal(price_per_kwh=0.3))
+    assert config.price_per_kwh == 0.3 and config.price_per_accelerator_hour == study.DEFAULT_PRICE_PER_ACCELERATOR_HOUR
+    with pytest.raises(ValueError, match="'price_per_kwh' must be a number >= 0"):
+        study.config_from_dict(minimal(price_per_kwh=-1))
+
+
 # ---- replay -----------------------------------------------------------------------------------------
 
 
@@ -374,3 +415,10 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     assert "## digits" in summary and "Failed runs" in summary and "broken/full/seed0" in summary
     for plot in ("digits_pareto.png", "digits_metrics.png", "digits_arms.png"):
         assert os.path.isfile(tmp_path / "study" / "plots" / plot)
+    # The full run's metric log is kept, gzipped, beside the tables: a detector can be replayed on it later.
+    log = tmp_path / "study" / "dynamics" / "digits" / "seed0.jsonl.gz"
+    assert study.read_dynamics_file(log) == read_dynamics(full_dir / "dynamics.jsonl")
+    first = log.read_bytes()
+    study.report(config, runs)
+    assert log.read_bytes() == first  # no time stamp in the gzip header: nothing to commit when nothing changed
+    assert float(full_row["cost_usd"]) > 0
