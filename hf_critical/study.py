@@ -1027,6 +1027,11 @@ def earliest_no_loss_fraction(
     return None
 
 
+def best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> tuple[float, Mapping[str, Any]] | None:
+    """The switch point (0 and 1 included) with the highest mean accuracy, and its summary entry."""
+    return max(points, key=lambda point: point[1]["accuracy"], default=None)
+
+
 def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
     """Accuracy (mean ± std) and train time per switch point, both meanings of k = 1 side by side."""
     columns = {mode: dict(fraction_points(summary, task, mode)) for mode in AFTER_SWITCH_MODES}
@@ -1407,10 +1412,13 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if sweep:
             lines += ["Oracle sweep (switch point in % of the run; mean ± std over seeds):", "", sweep, ""]
             for mode in AFTER_SWITCH_MODES:
-                earliest = earliest_no_loss_fraction(fraction_points(summary, task.name, mode))
+                points = fraction_points(summary, task.name, mode)
+                earliest = earliest_no_loss_fraction(points)
+                best = best_fraction(points)
                 lines.append(
-                    f"- earliest switch within 0.3 pp of full, k=1 {mode}: "
+                    f"- k=1 {mode}: earliest switch within 0.3 pp of full: "
                     + ("none of the points" if earliest is None else f"{100 * earliest:g} % of the run")
+                    + ("" if best is None else f"; best point: {100 * best[0]:g} % ({100 * best[1]['accuracy']:.2f} %)")
                 )
             lines.append("")
             plot = plot_fraction_oracle(summary, task.name, os.path.join(out, "plots", f"{task.name}_fractions.png"))

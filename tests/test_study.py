@@ -280,6 +280,8 @@ def test_the_fraction_sweep_has_one_curve_per_meaning_of_one_copy_with_shared_en
     assert study.earliest_no_loss_fraction(clean) is None  # 50 % loses 0.5 pp: more than the 0.3 pp allowed
     assert study.earliest_no_loss_fraction(clean, tolerance_pp=0.6) == 0.5
     assert study.earliest_no_loss_fraction(augmented, tolerance_pp=1.0) == 0.1
+    assert study.best_fraction(clean)[0] == 1.0 and study.best_fraction(augmented[:2])[0] == 0.1
+    assert study.best_fraction([]) is None
     table = study.fraction_table(summary, "t").splitlines()
     assert table[2] == "| 0 % | 90.00 | 20.0 | 91.00 | 21.0 | 3 |"
     assert table[-1] == "| 100 % | 94.00 ± 1.00 | 60.0 | 94.00 ± 1.00 | 60.0 | 3 |"
@@ -453,7 +455,7 @@ def test_the_quick_study_runs_every_testbed_and_writes_the_sweep_tables(tmp_path
     one = rows[("digits", "fixed@0%:augmented")]
     assert int(one["training_rows"]) == int(rows[("digits", "full")]["training_rows"]) // 2  # k = 2 vs 1
     summary = (tmp_path / "summary.md").read_text()
-    assert "| 50 % |" in summary and "earliest switch within 0.3 pp of full, k=1 augmented" in summary
+    assert "| 50 % |" in summary and "k=1 augmented: earliest switch within 0.3 pp of full" in summary
     assert os.path.isfile(tmp_path / "plots" / "digits_fractions.png")
     assert study.read_dynamics_file(tmp_path / "dynamics" / "digits" / "seed0.jsonl.gz")
     if has_data:
