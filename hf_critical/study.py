@@ -64,6 +64,8 @@ RECIPES = ("run_glue", "run_vit")
 FAILURE_FILE = "study_failure.json"
 ARGS_FILE = "study_args.json"
 LOG_FILE = "study_log.txt"
+#: The run's wall time as the study measured it (process start to exit: imports, data, training, evaluation).
+WALL_FILE = "study_wall.json"
 DETECTOR_ARMS = ("fukase_confusion_iqr", "fukase_rotation_angle")
 #: Files a finished run may drop (``keep_models: false``): weights and optimizer states.
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -576,6 +578,8 @@ def _execute_one(
     except subprocess.TimeoutExpired:
         returncode = None
     seconds = time.perf_counter() - start
+    with open(os.path.join(run.output_dir, WALL_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"wall_seconds": seconds, "returncode": returncode}, fh)
     if returncode == 0 and os.path.isfile(run.results_path):
         if not keep_models:
             _drop_model_files(run.output_dir)
@@ -637,8 +641,17 @@ def collect(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
                 results = json.load(fh)
             row.update(result_row(results, _task(config, run.task).metric, run.output_dir))
             row.update(money_columns(row, config.price_per_accelerator_hour, config.price_per_kwh))
+            row["wall_seconds"] = _wall_seconds(run.output_dir)
         rows.append(row)
     return rows
+
+
+def _wall_seconds(output_dir: str) -> float | None:
+    path = os.path.join(output_dir, WALL_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("wall_seconds")
 
 
 def result_row(
@@ -753,6 +766,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "train_emissions_kg",
         "training_rows",
         "cost_usd",
+        "wall_seconds",
     ]
     robust = sorted({key for row in rows for key in row if key.startswith("robust/")})
     summary = []

@@ -424,6 +424,7 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     study.report(config, runs)
     assert log.read_bytes() == first  # no time stamp in the gzip header: nothing to commit when nothing changed
     assert float(full_row["cost_usd"]) > 0
+    assert float(full_row["wall_seconds"]) > float(full_row["train_runtime"])  # the whole process: start-up too
 
 
 # ---- the quick study: every kind of testbed, tiny ---------------------------------------------------
