@@ -1478,9 +1478,10 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             seed_runs = [
                 r for r in runs if r.task == task.name and r.seed == full_run.seed and run_status(r) == "done"
             ]
+            # With an oracle sweep (15 arms) one panel per metric holds too many curves to read: skipped.
             arms_plot = (
                 plot_arm_curves(seed_runs, os.path.join(out, "plots", f"{task.name}_arms.png"))
-                if several_arms
+                if several_arms and not sweep
                 else None
             )
             if arms_plot:
