@@ -610,6 +610,58 @@ def _drop_model_files(output_dir: str) -> None:
         shutil.rmtree(checkpoint, ignore_errors=True)
 
 
+# ---- estimating what is left ------------------------------------------------------------------------
+
+
+def _run_fraction(run: Run) -> float | None:
+    """Where the run switches, as a fraction of its epochs (0: one copy throughout, 1: k copies throughout)."""
+    if run.arm.kind == "none":
+        return 0.0
+    if run.arm.kind == "full":
+        return 1.0
+    if run.arm.kind == "fixed":
+        if run.arm.fraction is not None:
+            return run.arm.fraction
+        epochs = run.args.get("num_train_epochs")
+        span = parse_span(run.arm.span, "fixed switch", allow_zero=False)
+        if span.in_epochs and isinstance(epochs, (int, float)) and epochs > 0:
+            return min(1.0, span.amount / float(epochs))
+    return None
+
+
+def estimate_wall_seconds(runs: Sequence[Run]) -> dict[str, float | None]:
+    """An estimate of each run's wall time from the finished runs' measured ones (key -> seconds; None: no basis).
+
+    A finished run gives its own time; a pending one the mean of its (task, arm) over finished seeds,
+    else a line between the task's one-copy arms (``none``, ``fixed@0%:augmented``) and its ``full``
+    arm at the run's switch fraction (a step after the switch costs about a one-copy step).
+    """
+    measured = {run.key: _wall_seconds(run.output_dir) for run in runs if run_status(run) == "done"}
+    by_arm: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if measured.get(run.key) is not None:
+            by_arm.setdefault((run.task, run.arm.name), []).append(measured[run.key])
+    ends: dict[str, dict[float, list[float]]] = {}
+    for run in runs:
+        fraction = _run_fraction(run)
+        if measured.get(run.key) is not None and fraction in (0.0, 1.0):
+            ends.setdefault(run.task, {}).setdefault(fraction, []).append(measured[run.key])
+    estimates: dict[str, float | None] = {}
+    for run in runs:
+        if measured.get(run.key) is not None:
+            estimates[run.key] = measured[run.key]
+        elif (run.task, run.arm.name) in by_arm:
+            estimates[run.key] = statistics.fmean(by_arm[(run.task, run.arm.name)])
+        else:
+            fraction, task_ends = _run_fraction(run), ends.get(run.task, {})
+            if fraction is None or 0.0 not in task_ends or 1.0 not in task_ends:
+                estimates[run.key] = None
+            else:
+                one, full = statistics.fmean(task_ends[0.0]), statistics.fmean(task_ends[1.0])
+                estimates[run.key] = one + fraction * (full - one)
+    return estimates
+
+
 # ---- collecting -------------------------------------------------------------------------------------
 
 COLUMNS = (

@@ -50,9 +50,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     runs = study.plan_runs(config, args.tasks, arms=args.arms, seeds=args.seeds)
     if args.dry_run:
+        estimates = study.estimate_wall_seconds(study.plan_runs(config))
+        pending_seconds, unknown = 0.0, 0
         for run in runs:
-            print(f"{study.run_status(run):8s} {run.key}  ({run.recipe}, {run.output_dir})")
-        print(f"{len(runs)} runs")
+            status, estimate = study.run_status(run), estimates.get(run.key)
+            shown = "" if estimate is None else f", {estimate:.0f} s" + (" measured" if status == "done" else " estimated")
+            print(f"{status:8s} {run.key}  ({run.recipe}, {run.output_dir}{shown})")
+            if status != "done":
+                pending_seconds += estimate or 0.0
+                unknown += estimate is None
+        pending = sum(study.run_status(run) != "done" for run in runs)
+        print(
+            f"{len(runs)} runs, {pending} to run: about {pending_seconds / 3600:.1f} h with one job"
+            + (f" for those with a basis ({unknown} without one: no finished none/full run of their task)" if unknown else "")
+        )
         return 0
     start = time.perf_counter()
     if not args.report_only:

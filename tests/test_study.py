@@ -301,6 +301,28 @@ def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_pr
         study.config_from_dict(minimal(price_per_kwh=-1))
 
 
+def test_wall_time_of_pending_runs_is_estimated_from_the_finished_ones(tmp_path):
+    raw = minimal(output_dir=str(tmp_path), seeds=[0, 1])
+    raw["tasks"]["digits"]["arms"] = ["none", "fixed@50%:clean", "fixed@2ep", "full", "stability:all"]
+    runs = {run.key: run for run in study.plan_runs(study.config_from_dict(raw))}
+
+    def finish(key, seconds):
+        os.makedirs(runs[key].output_dir)
+        with open(runs[key].results_path, "w", encoding="utf-8") as fh:
+            json.dump({}, fh)
+        with open(os.path.join(runs[key].output_dir, study.WALL_FILE), "w", encoding="utf-8") as fh:
+            json.dump({"wall_seconds": seconds}, fh)
+
+    finish("digits/none/seed0", 40.0)
+    finish("digits/full/seed0", 100.0)
+    finish("digits/fixed@50%:clean/seed0", 80.0)
+    estimates = study.estimate_wall_seconds(list(runs.values()))
+    assert estimates["digits/full/seed0"] == 100.0  # measured
+    assert estimates["digits/fixed@50%:clean/seed1"] == 80.0  # the same arm's other seed
+    assert estimates["digits/fixed@2ep/seed1"] == pytest.approx(40.0 + 0.5 * 60.0)  # 2 of 4 epochs: halfway
+    assert estimates["digits/stability:all/seed0"] is None  # a detector's switch point is not known ahead
+
+
 # ---- replay -----------------------------------------------------------------------------------------
 
 
