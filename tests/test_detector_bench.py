@@ -106,3 +106,19 @@ def test_clean_knee_delay_is_a_fraction_of_the_time_constant():
         fire, knee = simulate(RATE, stream, plan), stream.knee_epoch(plan)
         assert fire is not None and 0 <= (fire - knee) / tau <= 1.0, (tau, fire, knee)
         assert not math.isnan(fire)
+
+
+def test_bench_script_prints_a_scorecard(capsys):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["detectors.py", "--quick", "--seeds", "2", "--only", "rate,fraction"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks" / "detectors.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "| clean steady growth: fired | 0/12 | 12/12 |" in out
