@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 LINT_PATHS := hf_critical recipes benchmarks tests
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo study clean distclean
+.PHONY: install test lint demo study study-testbeds study-quick clean distclean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ demo: $(STAMP)
 DATA_DIR ?= ../shared/data
 study: $(STAMP)
 	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_cpu.yaml --data_dir $(DATA_DIR) --jobs 2 $(STUDY_ARGS)
+
+# Issue 14's testbeds: oracle sweeps at fractions of the run, both meanings of k=1 (docs/study.md); one job,
+# resumable (finished runs are skipped); tables, plots and metric logs in docs/results/testbeds/.
+study-testbeds: $(STAMP)
+	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_testbeds.yaml --data_dir $(DATA_DIR) --jobs 1 $(STUDY_ARGS)
+
+# Every testbed at a tiny size (a few minutes): the pipeline check, also run by `pytest -m slow`.
+study-quick: $(STAMP)
+	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_quick.yaml --data_dir $(DATA_DIR) $(STUDY_ARGS)
 
 clean:
 	rm -rf outputs build dist .pytest_cache .ruff_cache emissions.csv

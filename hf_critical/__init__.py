@@ -5,56 +5,91 @@ gradient predictability and layer rotation, and switches k-copy augmentation to 
 the detector fires::
 
     from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
+
+Names are imported lazily, on first use: ``import hf_critical.detectors`` loads neither torch nor
+transformers.
 """
 
-from .arguments import DETECTOR_NAMES, METRIC_NAMES, CriticalPeriodArguments
-from .augmentation import (
-    AugmentationCollator,
-    ImageAugmentationCollator,
-    TextAugmentationCollator,
-    default_text_augmenter,
-)
-from .callback import DynamicsCallback
-from .detectors import (
-    Detector,
-    FixedSwitch,
-    FukaseConfusionIQR,
-    FukaseRotationAngle,
-    NeverSwitch,
-    StabilityDetector,
-    build_detector,
-)
-from .metrics import MetricResult, gradient_confusion, gradient_predictability, layer_rotation
-from .robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
-from .switch import CriticalPeriodCallback
-from .trainer import CriticalPeriodTrainer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DETECTOR_NAMES",
-    "METRIC_NAMES",
-    "AugmentationCollator",
-    "CriticalPeriodArguments",
-    "CriticalPeriodCallback",
-    "CriticalPeriodTrainer",
-    "Detector",
-    "DynamicsCallback",
-    "FixedSwitch",
-    "FukaseConfusionIQR",
-    "FukaseRotationAngle",
-    "ImageAugmentationCollator",
-    "MetricResult",
-    "NeverSwitch",
-    "RobustnessArguments",
-    "StabilityDetector",
-    "TextAugmentationCollator",
-    "build_detector",
-    "default_text_augmenter",
-    "gradient_confusion",
-    "gradient_predictability",
-    "image_robustness",
-    "layer_rotation",
-    "robustness_columns",
-    "text_robustness",
-]
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "DETECTOR_NAMES": "arguments",
+    "CriticalPeriodArguments": "arguments",
+    "METRIC_NAMES": "names",
+    "AugmentationCollator": "augmentation",
+    "ImageAugmentationCollator": "augmentation",
+    "TextAugmentationCollator": "augmentation",
+    "default_text_augmenter": "augmentation",
+    "DynamicsCallback": "callback",
+    "Detector": "detectors",
+    "FixedSwitch": "detectors",
+    "FractionSwitch": "detectors",
+    "FukaseConfusionIQR": "detectors",
+    "FukaseRotationAngle": "detectors",
+    "NeverSwitch": "detectors",
+    "PlateauDetector": "detectors",
+    "RateDetector": "detectors",
+    "StabilityDetector": "detectors",
+    "TrendDetector": "detectors",
+    "build_detector": "detectors",
+    "MetricResult": "metrics",
+    "gradient_confusion": "metrics",
+    "gradient_predictability": "metrics",
+    "layer_rotation": "metrics",
+    "RobustnessArguments": "robustness",
+    "image_robustness": "robustness",
+    "robustness_columns": "robustness",
+    "text_robustness": "robustness",
+    "CriticalPeriodCallback": "switch",
+    "CriticalPeriodTrainer": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_critical' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .arguments import DETECTOR_NAMES, CriticalPeriodArguments
+    from .augmentation import (
+        AugmentationCollator,
+        ImageAugmentationCollator,
+        TextAugmentationCollator,
+        default_text_augmenter,
+    )
+    from .callback import DynamicsCallback
+    from .detectors import (
+        Detector,
+        FixedSwitch,
+        FractionSwitch,
+        FukaseConfusionIQR,
+        FukaseRotationAngle,
+        NeverSwitch,
+        PlateauDetector,
+        RateDetector,
+        StabilityDetector,
+        TrendDetector,
+        build_detector,
+    )
+    from .metrics import MetricResult, gradient_confusion, gradient_predictability, layer_rotation
+    from .names import METRIC_NAMES
+    from .robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
+    from .switch import CriticalPeriodCallback
+    from .trainer import CriticalPeriodTrainer

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from .detectors import DETECTORS, build_detector, detector_options_of, parse_detector_options
 from .layers import LAYER_SELECTIONS, validate_layer_selection
+from .names import METRIC_NAMES, normalize_metric_names
 
 __all__ = [
     "METRIC_NAMES",
@@ -17,41 +19,15 @@ __all__ = [
     "normalize_metric_names",
 ]
 
-#: The metrics hf_critical can compute, by the name used in arguments, logs and files.
-METRIC_NAMES = ("gradient_confusion", "gradient_predictability", "layer_rotation")
-
 #: Measure every 10 optimizer steps by default: a measurement costs about 0.2 s on MiniLM on 2 CPU cores,
 #: about 2 % of the step time amortised over 10 steps (docs/benchmarks.md), while a 3-epoch fine-tuning of
 #: a few hundred steps still gets dozens of points.
 DEFAULT_EVERY_N_STEPS = 10
 
-#: Detectors selectable by name (see hf_critical.detectors).
-DETECTOR_NAMES = ("stability", "fukase_confusion_iqr", "fukase_rotation_angle", "fixed", "never")
+#: Detectors selectable by name: the registry of hf_critical.detectors.
+DETECTOR_NAMES = tuple(DETECTORS)
 AFTER_SWITCH_MODES = ("clean", "augmented")
 INITIAL_WEIGHTS_STORAGE = ("disk", "host", "device")
-
-
-def normalize_metric_names(metrics: str | Iterable[str] | None, field_name: str = "dynamics_metrics") -> list[str]:
-    """Turn ``"a,b"``, ``["a", "b"]`` or ``"all"`` into a checked list of metric names."""
-    if metrics is None:
-        return []
-    if isinstance(metrics, str):
-        items = [m.strip() for m in metrics.split(",")]
-    else:
-        items = []
-        for m in metrics:
-            if not isinstance(m, str):
-                raise ValueError(f"`{field_name}` must hold metric names (strings), got {m!r}")
-            items.extend(part.strip() for part in m.split(","))
-    items = [m for m in items if m]
-    if items in (["all"], ["ALL"]):
-        return list(METRIC_NAMES)
-    if items in (["none"], ["NONE"]):
-        return []
-    unknown = [m for m in items if m not in METRIC_NAMES]
-    if unknown:
-        raise ValueError(f"`{field_name}` has unknown metric(s) {unknown}; allowed: {list(METRIC_NAMES)}, 'all' or 'none'")
-    return list(dict.fromkeys(items))
 
 
 def validate_every_n_steps(value: object, field_name: str = "dynamics_every_n_steps") -> int:
@@ -85,6 +61,14 @@ class CriticalPeriodArguments(TrainingArguments):
         },
     )
 
+    dynamics_confusion_chunks: int = field(
+        default=2,
+        metadata={
+            "help": "Gradient confusion without gradient accumulation: split the measured step's batch into this many "
+            "chunks of distinct samples (one backward each, no extra samples) and compare all m(m-1)/2 pairs; "
+            "logged as the mean and the minimum. More chunks: less noise, m-1 gradient copies held on that step."
+        },
+    )
     dynamics_initial_weights: str = field(
         default="disk",
         metadata={
@@ -95,8 +79,19 @@ class CriticalPeriodArguments(TrainingArguments):
     )
 
     detector: str = field(
-        default="stability",
-        metadata={"help": f"When the critical period ends: one of {list(DETECTOR_NAMES)}."},
+        default="rate",
+        metadata={
+            "help": f"When the critical period ends: one of {list(DETECTOR_NAMES)} (docs/detectors.md). The default, "
+            "'rate', fires when layer rotation's rate per unit of learning rate has fallen below 25 % of its peak."
+        },
+    )
+    detector_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "Options of the chosen detector, as a JSON object or 'key=value,key=value' (e.g. "
+            "'metric=gradient_confusion,peak_fraction=0.3'); a dict in YAML. Each detector's options: "
+            "hf_critical.detectors.detector_options_of(name). Overrides the detector_* fields below."
+        },
     )
     detector_metrics: list[str] = field(
         default_factory=lambda: ["layer_rotation"],
@@ -144,9 +139,14 @@ class CriticalPeriodArguments(TrainingArguments):
         super().__post_init__()
         self.dynamics_metrics = normalize_metric_names(self.dynamics_metrics)
         validate_every_n_steps(self.dynamics_every_n_steps)
+        chunks = self.dynamics_confusion_chunks
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 2:
+            raise ValueError(f"`dynamics_confusion_chunks` must be an integer >= 2, got {chunks!r}")
         validate_layer_selection(self.dynamics_layers)
         if self.detector not in DETECTOR_NAMES:
             raise ValueError(f"`detector` must be one of {list(DETECTOR_NAMES)}, got {self.detector!r}")
+        self.detector_options = parse_detector_options(self.detector_options) or None
+        self._check_legacy_detector_fields()
         self.detector_metrics = normalize_metric_names(self.detector_metrics, "detector_metrics")
         if self.detector == "stability" and not self.detector_metrics:
             raise ValueError("`detector_metrics` must name at least one metric for the stability detector")
@@ -164,13 +164,17 @@ class CriticalPeriodArguments(TrainingArguments):
             raise ValueError(
                 f"`augment_after_switch` must be one of {list(AFTER_SWITCH_MODES)}, got {self.augment_after_switch!r}"
             )
-        # Detector hyper-parameters are checked by the detector itself (one place for the rules).
-        from .detectors import build_detector
-
+        # Detector options are checked by the detector itself (one place for the rules).
         try:
-            build_detector(**detector_kwargs(self))
-        except ValueError as err:
-            raise ValueError(f"invalid `detector_*` arguments for detector {self.detector!r}: {err}") from None
+            detector = build_detector(**detector_kwargs(self))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"invalid options for detector {self.detector!r}: {err}") from None
+        watched = getattr(detector, "metric", None)
+        if watched is not None and self.detector != "stability" and watched not in self.dynamics_metrics:
+            raise ValueError(
+                f"detector {self.detector!r} watches {watched!r}, which must also be in `dynamics_metrics` "
+                f"{self.dynamics_metrics} to be measured (or choose another `detector`, e.g. 'fraction' or 'never')"
+            )
         if self.dynamics_initial_weights not in INITIAL_WEIGHTS_STORAGE:
             raise ValueError(
                 f"`dynamics_initial_weights` must be one of {list(INITIAL_WEIGHTS_STORAGE)}, "
@@ -178,12 +182,52 @@ class CriticalPeriodArguments(TrainingArguments):
             )
 
 
+    def _check_legacy_detector_fields(self) -> None:
+        """A ``detector_*`` field set for a detector that does not read it is reported, not silently ignored.
+
+        A warning, not an error: one config file often serves several detectors (a study's arms).
+        """
+        defaults = {f.name: f for f in fields(self)}
+        for name, owner in LEGACY_DETECTOR_FIELDS.items():
+            spec = defaults[name]
+            default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+            value = getattr(self, name)
+            if name == "detector_metrics":
+                value = normalize_metric_names(value, name)
+            if value != default and self.detector != owner:
+                warnings.warn(
+                    f"`{name}` is an option of detector {owner!r} and is ignored with detector {self.detector!r}; "
+                    f"give this detector's options in `detector_options` "
+                    f"(its options: {sorted(detector_options_of(self.detector))})",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+
+#: The older per-detector fields and the detector each one feeds.
+LEGACY_DETECTOR_FIELDS = {
+    "detector_metrics": "stability",
+    "detector_threshold": "stability",
+    "detector_patience": "stability",
+    "detector_window": "stability",
+    "detector_warmup": "stability",
+    "detector_mode": "stability",
+    "detector_switch_step": "fixed",
+    "detector_switch_epoch": "fixed",
+    "fukase_check_every_epochs": "fukase_confusion_iqr",
+}
+
+
 def detector_kwargs(args) -> dict:
-    """Keyword arguments of `build_detector` for the detector named in ``args``."""
-    name = getattr(args, "detector", "stability")
+    """Keyword arguments of `build_detector` for the detector named in ``args``.
+
+    The legacy ``detector_*`` fields feed the detectors they were made for (stability, fixed, the
+    Fukase confusion rule); ``detector_options`` is given to any detector and overrides them.
+    """
+    name = getattr(args, "detector", "rate")
+    kwargs: dict = {}
     if name == "stability":
-        return dict(
-            name=name,
+        kwargs = dict(
             metrics=list(args.detector_metrics),
             threshold=args.detector_threshold,
             patience=args.detector_patience,
@@ -191,8 +235,9 @@ def detector_kwargs(args) -> dict:
             warmup=args.detector_warmup,
             mode=args.detector_mode,
         )
-    if name == "fukase_confusion_iqr":
-        return dict(name=name, check_every_epochs=args.fukase_check_every_epochs)
-    if name == "fixed":
-        return dict(name=name, step=args.detector_switch_step, epoch=args.detector_switch_epoch)
-    return dict(name=name)
+    elif name == "fukase_confusion_iqr":
+        kwargs = dict(check_every_epochs=args.fukase_check_every_epochs)
+    elif name == "fixed" and (args.detector_switch_step is not None or args.detector_switch_epoch is not None):
+        kwargs = dict(step=args.detector_switch_step, epoch=args.detector_switch_epoch)
+    kwargs.update(parse_detector_options(getattr(args, "detector_options", None)))
+    return dict(name=name, **kwargs)

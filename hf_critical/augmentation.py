@@ -83,6 +83,7 @@ __all__ = [
     "ImageAugmentationCollator",
     "RandomChoiceTextAugmenter",
     "TextAugmentationCollator",
+    "TokenSpanCutoff",
     "default_text_augmenter",
 ]
 
@@ -383,6 +384,44 @@ def default_text_augmenter(kinds: Sequence[str] = TEXT_NOISE_KINDS) -> RandomCho
     augmenters = [cls(**kwargs) for _, cls, kwargs in chosen]
     names = [f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" for name, _, kwargs in chosen]
     return RandomChoiceTextAugmenter(augmenters, names)
+
+
+class TokenSpanCutoff:
+    """Span cutoff (Shen et al. 2020, "A Simple but Tough-to-Beat Data Augmentation Approach"): drop one
+    contiguous span of tokens from each text.
+
+    The text is split into the model's own (sub-word) tokens, a span of ``ratio`` of them (at least
+    one, at a uniformly drawn start) is removed, and the rest is joined back into a string; texts of
+    one token are returned unchanged. Shen et al. zero the span's embeddings; dropping the tokens
+    removes them from attention in the same way, but the later tokens move up by the span's length.
+    Random draws use python's ``random``, which `TextAugmentationCollator` seeds per call.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer (its ``tokenize`` / ``convert_tokens_to_string``).
+        ratio: share of the tokens in the span, in (0, 1); Shen et al. used 0.1.
+    """
+
+    def __init__(self, tokenizer: Any, ratio: float = 0.1):
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+            raise ValueError(f"`ratio` must be a number in (0, 1), got {ratio!r}")
+        if not (hasattr(tokenizer, "tokenize") and hasattr(tokenizer, "convert_tokens_to_string")):
+            raise ValueError(f"`tokenizer` must be a Hugging Face tokenizer, got {_short(tokenizer)}")
+        self.tokenizer = tokenizer
+        self.ratio = float(ratio)
+
+    def cut(self, text: str) -> str:
+        tokens = self.tokenizer.tokenize(text)
+        if len(tokens) < 2:
+            return text
+        length = min(len(tokens) - 1, max(1, round(self.ratio * len(tokens))))
+        start = random.randrange(len(tokens) - length + 1)
+        return self.tokenizer.convert_tokens_to_string(tokens[:start] + tokens[start + length :])
+
+    def __call__(self, texts: Sequence[str]) -> list[str]:
+        return [self.cut(text) for text in texts]
+
+    def __repr__(self) -> str:
+        return f"TokenSpanCutoff(ratio={self.ratio:g}, tokenizer={type(self.tokenizer).__name__})"
 
 
 @contextlib.contextmanager

@@ -92,8 +92,16 @@ class DynamicsCallback(TrainerCallback):
         every_n_steps: int = DEFAULT_EVERY_N_STEPS,
         layers: str = "weights",
         initial_weights: str = "disk",
+        confusion_chunks: int = 2,
     ):
         self.metrics = normalize_metric_names(metrics, "metrics")
+        if isinstance(confusion_chunks, bool) or not isinstance(confusion_chunks, int) or confusion_chunks < 2:
+            raise ValueError(
+                f"`confusion_chunks` must be an integer >= 2 (chunks of the measured batch), got {confusion_chunks!r}"
+            )
+        #: Chunks of distinct samples the measured step's batch is split into for gradient confusion
+        #: (without gradient accumulation): all their pairs are compared.
+        self.confusion_chunks = confusion_chunks
         self.every_n_steps = validate_every_n_steps(every_n_steps, "every_n_steps")
         validate_layer_selection(layers, "layers")
         self.layers = layers
@@ -119,7 +127,8 @@ class DynamicsCallback(TrainerCallback):
         self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
         self._pending: dict[str, MetricResult | None] = {}
-        self._confusion: tuple[int, MetricResult] | None = None
+        #: Gradient confusion measured during the micro-batches of a step, by step (read at the next step).
+        self._confusion: dict[int, MetricResult] = {}
         self._warned_confusion = False
         self._reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -131,6 +140,7 @@ class DynamicsCallback(TrainerCallback):
             every_n_steps=getattr(args, "dynamics_every_n_steps", DEFAULT_EVERY_N_STEPS),
             layers=getattr(args, "dynamics_layers", "weights"),
             initial_weights=getattr(args, "dynamics_initial_weights", "disk"),
+            confusion_chunks=getattr(args, "dynamics_confusion_chunks", 2),
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
@@ -165,8 +175,12 @@ class DynamicsCallback(TrainerCallback):
         return "gradient_confusion" in self.metrics and self.is_measured_step(step + 1)
 
     def record_confusion(self, step: int, result: MetricResult) -> None:
-        """Hand over the gradient confusion measured during the micro-batches of ``step``."""
-        self._confusion = (step, result)
+        """Hand over the gradient confusion measured during the micro-batches of ``step``.
+
+        It belongs to the measurement at ``step + 1``; with a measurement every step, the confusion of
+        ``step`` and that of ``step - 1`` (read by the measurement at ``step``) are both pending.
+        """
+        self._confusion[step] = result
 
     # ---- events ---------------------------------------------------------------------------------
 
@@ -187,7 +201,7 @@ class DynamicsCallback(TrainerCallback):
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
         self._pending = {}
-        self._confusion = None
+        self._confusion = {}
         self._snapshot = None
         resumed = state.global_step > 0
         if "gradient_confusion" in self.metrics and not self.confusion_provider and not self._warned_confusion:
@@ -276,9 +290,9 @@ class DynamicsCallback(TrainerCallback):
     def _finish_measurement(self, args, state, control, step: int) -> None:
         results: dict[str, MetricResult | None] = {}
         if "gradient_confusion" in self.metrics:
-            confusion = self._confusion
-            results["gradient_confusion"] = confusion[1] if confusion is not None and confusion[0] == step - 1 else None
-            self._confusion = None
+            results["gradient_confusion"] = self._confusion.pop(step - 1, None)
+            # Anything older belongs to no measurement; the confusion of `step` itself feeds step + 1.
+            self._confusion = {s: r for s, r in self._confusion.items() if s >= step}
         if "gradient_predictability" in self.metrics:
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
         if "layer_rotation" in self.metrics and self._initial is not None:
@@ -320,13 +334,14 @@ class DynamicsCallback(TrainerCallback):
                 "every_n_steps": self.every_n_steps,
                 "layers": self.layers,
                 "initial_weights": self.initial_weights,
+                "confusion_chunks": self.confusion_chunks,
             },
             "attributes": {
                 "history": list(self.history),
                 # Confusion measured on the batch before a checkpoint belongs to the measurement after it.
                 "pending_confusion": None
-                if self._confusion is None
-                else {"step": self._confusion[0], "result": self._confusion[1].to_dict()},
+                if not self._confusion
+                else {"step": max(self._confusion), "result": self._confusion[max(self._confusion)].to_dict()},
             },
         }
 
@@ -343,7 +358,7 @@ class DynamicsCallback(TrainerCallback):
             self.history = [h for h in attributes["history"] if h["step"] <= state.global_step]
             pending = attributes.get("pending_confusion")
             if pending is not None and pending["step"] == state.global_step:
-                self._confusion = (pending["step"], MetricResult.from_dict(pending["result"]))
+                self._confusion = {pending["step"]: MetricResult.from_dict(pending["result"])}
         folder = self.resume_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         snapshot_path = os.path.join(folder, self._per_rank_name(GRAD_SNAPSHOT_FILE))
         if "gradient_predictability" in self.metrics and os.path.isfile(snapshot_path):

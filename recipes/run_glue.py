@@ -52,6 +52,7 @@ from hf_critical import (
     TextAugmentationCollator,
     default_text_augmenter,
 )
+from hf_critical.augmentation import TokenSpanCutoff
 from hf_critical.energy import track_energy
 from hf_critical.evaluation import glue_compute_metrics
 from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
@@ -67,7 +68,7 @@ from hf_critical.savings import TrainingCostCallback
 
 logger = logging.getLogger(__name__)
 
-TEXT_AUGMENTERS = ("default", "word", "none")
+TEXT_AUGMENTERS = ("default", "word", "cutoff", "none")
 
 
 @dataclass
@@ -110,7 +111,8 @@ class DataTrainingArguments:
         default="default",
         metadata={
             "help": f"One of {list(TEXT_AUGMENTERS)}: nlpaug keyboard typos or word swaps/deletions ('default'), "
-            "word swaps/deletions only ('word', EDA's offline operations), or no change."
+            "word swaps/deletions only ('word', EDA's offline operations), a dropped span of 10 % of the tokens "
+            "('cutoff', Shen et al. 2020), or no change."
         },
     )
 
@@ -135,10 +137,12 @@ def unchanged(texts: list[str]) -> list[str]:
     return texts
 
 
-def text_augmenter(name: str):
-    """The augmenter called ``name`` (see `TEXT_AUGMENTERS`)."""
+def text_augmenter(name: str, tokenizer=None):
+    """The augmenter called ``name`` (see `TEXT_AUGMENTERS`); ``cutoff`` needs the model's tokenizer."""
     if name == "none":
         return unchanged
+    if name == "cutoff":
+        return TokenSpanCutoff(tokenizer, ratio=0.1)
     if name == "word":
         return default_text_augmenter(("word_swap", "word_delete"))
     return default_text_augmenter()
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     collator = TextAugmentationCollator(
         tokenizer,
-        augmenter=text_augmenter(data_args.text_augmenter),
+        augmenter=text_augmenter(data_args.text_augmenter, tokenizer),
         copies=copies,
         text_fields=task.text_fields,
         label_field="label",

@@ -4,6 +4,7 @@
     python recipes/run_study.py recipes/configs/study_cpu.yaml            # run what is missing, then report
     python recipes/run_study.py recipes/configs/study_cpu.yaml --tasks digits --dry_run
     python recipes/run_study.py recipes/configs/study_cpu.yaml --report_only
+    python recipes/run_study.py recipes/configs/study_testbeds.yaml --tasks digits_lr1e-3 --arms none full --seeds 0
 
 Runs whose results already exist are skipped, so an interrupted study resumes where it stopped; a
 failed run leaves ``study_failure.json`` in its folder and the others go on (it is retried on the
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the study file (.yaml or .json)")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks (all by default)")
+    parser.add_argument("--arms", nargs="+", help="run only these arms (all by default)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds (all by default)")
     parser.add_argument("--data_dir", help="replaces the file's data_dir (default ../shared/data)")
     parser.add_argument("--output_dir", help="replaces the file's output_dir")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their status, run nothing")
@@ -45,11 +48,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"data_dir {config.data_dir!r} does not exist: give --data_dir (the GLUE TSVs and CIFAR-10 npz files)"
             )
             return 2
-    runs = study.plan_runs(config, args.tasks)
+    runs = study.plan_runs(config, args.tasks, arms=args.arms, seeds=args.seeds)
     if args.dry_run:
+        estimates = study.estimate_wall_seconds(study.plan_runs(config))
+        pending_seconds, unknown = 0.0, 0
         for run in runs:
-            print(f"{study.run_status(run):8s} {run.key}  ({run.recipe}, {run.output_dir})")
-        print(f"{len(runs)} runs")
+            status, estimate = study.run_status(run), estimates.get(run.key)
+            shown = "" if estimate is None else f", {estimate:.0f} s" + (" measured" if status == "done" else " estimated")
+            print(f"{status:8s} {run.key}  ({run.recipe}, {run.output_dir}{shown})")
+            if status != "done":
+                pending_seconds += estimate or 0.0
+                unknown += estimate is None
+        pending = sum(study.run_status(run) != "done" for run in runs)
+        print(
+            f"{len(runs)} runs, {pending} to run: about {pending_seconds / 3600:.1f} h with one job"
+            + (f" for those with a basis ({unknown} without one: no finished none/full run of their task)" if unknown else "")
+        )
         return 0
     start = time.perf_counter()
     if not args.report_only:

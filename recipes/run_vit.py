@@ -61,6 +61,7 @@ from hf_critical.image_data import (
     load_npz_images,
     load_sklearn_digits,
     normalized_value_range,
+    select_classes,
     split_train_validation,
 )
 from hf_critical.reporting import (
@@ -72,7 +73,7 @@ from hf_critical.reporting import (
 )
 from hf_critical.robustness import RobustnessArguments, robustness_for_images
 from hf_critical.savings import TrainingCostCallback
-from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
+from hf_critical.vit_configs import SMALL_MODEL_CONFIGS, small_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ModelArguments:
     config_name: str | None = field(
         default=None,
         metadata={
-            "help": f"A named small ViT to train from scratch ({', '.join(SMALL_VIT_CONFIGS)}), or a config name or "
+            "help": f"A named small model to train from scratch ({', '.join(SMALL_MODEL_CONFIGS)}), or a config name or "
             "path (Hub id or folder): with `model_name_or_path` the config to load it with, else a new model's config."
         },
     )
@@ -105,11 +106,18 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a model whose classifier head has another number of labels."}
     )
+    new_classifier: bool = field(
+        default=False,
+        metadata={
+            "help": "Start the pretrained model's classifier head from new random weights (fine-tuning on other "
+            "classes, even when their number matches the pretraining's)."
+        },
+    )
 
     def __post_init__(self):
         if self.model_name_or_path is not None and self.config_overrides is not None:
             raise ValueError("`config_overrides` applies to a new model only: drop it or `model_name_or_path`")
-        if self.model_name_or_path is not None and self.config_name in SMALL_VIT_CONFIGS:
+        if self.model_name_or_path is not None and self.config_name in SMALL_MODEL_CONFIGS:
             raise ValueError(
                 f"`config_name` {self.config_name!r} names a small ViT trained from scratch: drop it or `model_name_or_path`"
             )
@@ -151,6 +159,13 @@ class DataTrainingArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep N validation examples, drawn at random with the training seed."}
     )
+    classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only these labels, comma-separated ('5,6,7,8,9'), in training and evaluation, relabelled "
+            "0..n-1 in that order (pretrain on some classes, fine-tune on the others)."
+        },
+    )
     augment_policy: str = field(
         default="trivial", metadata={"help": f"Augmentation of the copies: one of {list(AUGMENT_POLICIES)}."}
     )
@@ -185,6 +200,11 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value!r}")
+        if self.classes is not None:
+            try:
+                self.class_list = [int(c) for c in str(self.classes).split(",")]
+            except ValueError:
+                raise ValueError(f"`classes` is a comma-separated list of integer labels, got {self.classes!r}") from None
         if self.augment_policy not in AUGMENT_POLICIES:
             raise ValueError(f"`augment_policy` must be one of {list(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
 
@@ -271,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             f"the training data needs an image and a label column; found {train_dataset.column_names} "
             "(set `image_column_name` / `label_column_name`)"
         )
+    if data_args.classes is not None:
+        train_dataset = select_classes(train_dataset, data_args.class_list)
+        eval_dataset = select_classes(eval_dataset, data_args.class_list)
     train_dataset = random_subset(train_dataset, data_args.max_train_samples, training_args.seed)
     eval_dataset = random_subset(eval_dataset, data_args.max_eval_samples, training_args.seed)
     label_names = getattr(train_dataset.features["label"], "names", None)
@@ -292,18 +315,20 @@ def main(argv: list[str] | None = None) -> dict | None:
         model = AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub
         )
+        if model_args.new_classifier:
+            reset_classifier(model)
         image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name or model_args.model_name_or_path, **hub)
     else:
         first = train_dataset[0]["image"]
         height, width, channels = _shape(first)
-        if model_args.config_name in SMALL_VIT_CONFIGS:
-            config = small_vit_config(model_args.config_name, height, channels, **labels)
+        if model_args.config_name in SMALL_MODEL_CONFIGS:
+            config = small_model_config(model_args.config_name, height, channels, **labels)
         elif model_args.config_name is not None:
             try:
                 config = AutoConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir, **labels)
             except OSError as err:
                 raise ValueError(
-                    f"`config_name` {model_args.config_name!r} is neither a small ViT config ({', '.join(SMALL_VIT_CONFIGS)}) "
+                    f"`config_name` {model_args.config_name!r} is neither a small model config ({', '.join(SMALL_MODEL_CONFIGS)}) "
                     f"nor a config folder or Hub id that loads ({type(err).__name__}: {str(err)[:200]})"
                 ) from None
         else:
@@ -424,6 +449,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         push_request=push_request,
         robustness=robustness,
     )
+
+
+def reset_classifier(model) -> None:
+    """New random weights for the classification head (``model.classifier``: a Linear, or a Sequential of layers)."""
+    head = getattr(model, "classifier", None)
+    layers = [m for m in head.modules() if hasattr(m, "reset_parameters")] if head is not None else []
+    if not layers:
+        raise ValueError(f"`new_classifier`: {type(model).__name__} has no `classifier` layer with parameters to reset")
+    for layer in layers:
+        layer.reset_parameters()
 
 
 def _shape(image) -> tuple[int, int, int]:

@@ -411,7 +411,7 @@ def test_describe():
 
 
 def test_registry_and_build_detector():
-    assert set(DETECTORS) == {"stability", "fukase_confusion_iqr", "fukase_rotation_angle", "fixed", "never"}
+    assert {"stability", "fukase_confusion_iqr", "fukase_rotation_angle", "fixed", "never", "fraction", "rate", "plateau"} == set(DETECTORS)
     assert all(cls.name == name for name, cls in DETECTORS.items())
     detector = build_detector("stability", metrics="layer_rotation", threshold=0.1, window="100")
     assert isinstance(detector, StabilityDetector) and detector.metrics == [LR] and detector.window_steps == 100

@@ -67,6 +67,65 @@ def test_arm_names_are_parsed_into_recipe_arguments():
     assert study.parse_arm("fukase_confusion_iqr").recipe_args(clean) == {"detector": "fukase_confusion_iqr"}
 
 
+def test_fraction_arms_switch_at_that_share_of_the_run_with_either_meaning_of_one_copy():
+    clean = {"augment_policy": "none"}
+    epochs = {"num_train_epochs": 60}
+    arm = study.parse_arm("fixed@5%:clean")
+    assert arm.fraction == pytest.approx(0.05) and arm.after_switch == "clean"
+    assert arm.recipe_args(clean, epochs) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 3.0,
+        "augment_after_switch": "clean",
+    }
+    assert study.parse_arm("fixed@30%:augmented").recipe_args(clean, {"num_train_epochs": 30}) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 9.0,
+        "augment_after_switch": "augmented",
+    }
+    # A run set by max_steps switches at a step; max_steps wins over epochs, as in TrainingArguments.
+    assert study.parse_arm("fixed@10%").recipe_args(clean, {"max_steps": 250, "num_train_epochs": 3}) == {
+        "detector": "fixed",
+        "detector_switch_step": 25,
+    }
+    # 0 % of the augmented meaning: one augmented copy from the first step, the augmentation kept on.
+    assert study.parse_arm("fixed@0%:augmented").recipe_args(clean, epochs) == {"augment_copies": 1, "detector": "never"}
+    assert study.parse_arm("fixed@10ep:augmented").recipe_args(clean) == {
+        "detector": "fixed",
+        "detector_switch_epoch": 10.0,
+        "augment_after_switch": "augmented",
+    }
+    assert study.parse_arm("full").fraction is None
+    with pytest.raises(ValueError, match="needs the task's `num_train_epochs`"):
+        study.parse_arm("fixed@10%").recipe_args(clean, {})
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("fixed@0%", "strictly between 0 % and 100 %"),
+        ("fixed@0%:clean", "'none' or 'fixed@0%:augmented'"),
+        ("fixed@100%:augmented", "100 %: 'full'"),
+        ("fixed@ten%", "like 'fixed@10%'"),
+        ("fixed@10%:noisy", "one of ['clean', 'augmented']"),
+    ],
+)
+def test_bad_fraction_arms_are_named_in_the_error(name, message):
+    with pytest.raises(ValueError) as err:
+        study.parse_arm(name)
+    assert message in str(err.value) and name in str(err.value)
+
+
+def test_a_part_of_the_study_is_some_tasks_arms_and_seeds(tmp_path):
+    raw = minimal(output_dir=str(tmp_path))
+    raw["tasks"]["digits"]["arms"] = ["none", "fixed@50%:clean", "fixed@50%:augmented", "full"]
+    config = study.config_from_dict(raw)
+    part = study.plan_runs(config, arms=["fixed@50%:augmented", "full"], seeds=[1])
+    assert [run.key for run in part] == ["digits/fixed@50%:augmented/seed1", "digits/full/seed1"]
+    assert part[0].args["detector_switch_epoch"] == 2.0 and part[0].args["augment_after_switch"] == "augmented"
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['fixed@60%'\]"):
+        study.plan_runs(config, arms=["fixed@60%"])
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -199,6 +258,71 @@ def test_oracle_point_is_the_earliest_fixed_switch_without_loss():
     assert study.oracle_point(summary[:2], "t") is None
 
 
+def _entry(arm, accuracy, seconds, std=0.0):
+    return {"task": "t", "arm": arm, "seeds": 3, "accuracy": accuracy, "accuracy_std": std,
+            "train_seconds": seconds, "train_seconds_std": 0.0}
+
+
+def test_the_fraction_sweep_has_one_curve_per_meaning_of_one_copy_with_shared_ends(tmp_path):
+    summary = [
+        _entry("none", 0.90, 20.0),
+        _entry("fixed@0%:augmented", 0.91, 21.0),
+        _entry("fixed@10%:clean", 0.89, 25.0),
+        _entry("fixed@50%:clean", 0.935, 40.0),
+        _entry("fixed@10%:augmented", 0.93, 25.0),
+        _entry("fixed@2ep", 0.5, 22.0),  # an epoch-count arm: not a point of the fraction curves
+        _entry("full", 0.94, 60.0, std=0.01),
+    ]
+    clean = study.fraction_points(summary, "t", "clean")
+    augmented = study.fraction_points(summary, "t", "augmented")
+    assert [(f, e["arm"]) for f, e in clean] == [(0.0, "none"), (0.1, "fixed@10%:clean"), (0.5, "fixed@50%:clean"), (1.0, "full")]
+    assert [e["arm"] for _, e in augmented] == ["fixed@0%:augmented", "fixed@10%:augmented", "full"]
+    assert study.earliest_no_loss_fraction(clean) is None  # 50 % loses 0.5 pp: more than the 0.3 pp allowed
+    assert study.earliest_no_loss_fraction(clean, tolerance_pp=0.6) == 0.5
+    assert study.earliest_no_loss_fraction(augmented, tolerance_pp=1.0) == 0.1
+    assert study.best_fraction(clean)[0] == 1.0 and study.best_fraction(augmented[:2])[0] == 0.1
+    assert study.best_fraction([]) is None
+    table = study.fraction_table(summary, "t").splitlines()
+    assert table[2] == "| 0 % | 90.00 | 20.0 | 91.00 | 21.0 | 3 |"
+    assert table[-1] == "| 100 % | 94.00 ± 1.00 | 60.0 | 94.00 ± 1.00 | 60.0 | 3 |"
+    assert os.path.isfile(study.plot_fraction_oracle(summary, "t", str(tmp_path / "f.png")))
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        study.fraction_points(summary, "t", "noisy")
+
+
+def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_price():
+    row = {"train_seconds": 1800.0, "train_energy_kwh": 0.5}
+    money = study.money_columns(row, price_per_accelerator_hour=4.0, price_per_kwh=0.2)
+    assert money == {"machine_cost_usd": 2.0, "electricity_cost_usd": pytest.approx(0.1), "cost_usd": pytest.approx(2.1)}
+    assert study.money_columns({}, 4.0, 0.2)["cost_usd"] is None
+    config = study.config_from_dict(minimal(price_per_kwh=0.3))
+    assert config.price_per_kwh == 0.3 and config.price_per_accelerator_hour == study.DEFAULT_PRICE_PER_ACCELERATOR_HOUR
+    with pytest.raises(ValueError, match="'price_per_kwh' must be a number >= 0"):
+        study.config_from_dict(minimal(price_per_kwh=-1))
+
+
+def test_wall_time_of_pending_runs_is_estimated_from_the_finished_ones(tmp_path):
+    raw = minimal(output_dir=str(tmp_path), seeds=[0, 1])
+    raw["tasks"]["digits"]["arms"] = ["none", "fixed@50%:clean", "fixed@2ep", "full", "stability:all"]
+    runs = {run.key: run for run in study.plan_runs(study.config_from_dict(raw))}
+
+    def finish(key, seconds):
+        os.makedirs(runs[key].output_dir)
+        with open(runs[key].results_path, "w", encoding="utf-8") as fh:
+            json.dump({}, fh)
+        with open(os.path.join(runs[key].output_dir, study.WALL_FILE), "w", encoding="utf-8") as fh:
+            json.dump({"wall_seconds": seconds}, fh)
+
+    finish("digits/none/seed0", 40.0)
+    finish("digits/full/seed0", 100.0)
+    finish("digits/fixed@50%:clean/seed0", 80.0)
+    estimates = study.estimate_wall_seconds(list(runs.values()))
+    assert estimates["digits/full/seed0"] == 100.0  # measured
+    assert estimates["digits/fixed@50%:clean/seed1"] == 80.0  # the same arm's other seed
+    assert estimates["digits/fixed@2ep/seed1"] == pytest.approx(40.0 + 0.5 * 60.0)  # 2 of 4 epochs: halfway
+    assert estimates["digits/stability:all/seed0"] is None  # a detector's switch point is not known ahead
+
+
 # ---- replay -----------------------------------------------------------------------------------------
 
 
@@ -315,3 +439,49 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
     assert "## digits" in summary and "Failed runs" in summary and "broken/full/seed0" in summary
     for plot in ("digits_pareto.png", "digits_metrics.png", "digits_arms.png"):
         assert os.path.isfile(tmp_path / "study" / "plots" / plot)
+    # The full run's metric log is kept, gzipped, beside the tables: a detector can be replayed on it later.
+    log = tmp_path / "study" / "dynamics" / "digits" / "seed0.jsonl.gz"
+    assert study.read_dynamics_file(log) == read_dynamics(full_dir / "dynamics.jsonl")
+    first = log.read_bytes()
+    study.report(config, runs)
+    assert log.read_bytes() == first  # no time stamp in the gzip header: nothing to commit when nothing changed
+    assert float(full_row["cost_usd"]) > 0
+    assert float(full_row["wall_seconds"]) > float(full_row["train_runtime"])  # the whole process: start-up too
+
+
+# ---- the quick study: every kind of testbed, tiny ---------------------------------------------------
+
+QUICK = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "study_quick.yaml")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_every_testbed_and_writes_the_sweep_tables(tmp_path):
+    """study_quick.yaml end to end (a few minutes): fractions, both meanings of k = 1, ResNet, transfer, cutoff."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+    import run_study
+
+    has_data = os.path.isdir(os.path.join(DATA, "cifar10")) and os.path.isdir(os.path.join(DATA, "sst2"))
+    tasks = [] if has_data else ["--tasks", "digits"]  # the CIFAR-10 and SST-2 files are not in the repository
+    argv = [QUICK, "--output_dir", str(tmp_path), "--data_dir", DATA, *tasks]
+    assert run_study.main(argv) == 0
+    with open(tmp_path / "runs.csv", encoding="utf-8") as fh:
+        rows = {(row["task"], row["arm"]): row for row in csv.DictReader(fh)}
+    expected = {"digits"} | ({"resnet", "pretrain", "finetune", "sst2_cutoff"} if has_data else set())
+    assert {task for task, _ in rows} == expected
+    assert all(row["status"] == "done" for row in rows.values()), rows
+    clean = rows[("digits", "fixed@50%:clean")]
+    assert int(clean["switch_step"]) == int(clean["optimizer_steps"]) // 2  # half the run
+    assert int(clean["training_rows"]) < int(clean["rows_without_switch"])
+    one = rows[("digits", "fixed@0%:augmented")]
+    assert int(one["training_rows"]) == int(rows[("digits", "full")]["training_rows"]) // 2  # k = 2 vs 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| 50 % |" in summary and "k=1 augmented: earliest switch within 0.3 pp of full" in summary
+    assert os.path.isfile(tmp_path / "plots" / "digits_fractions.png")
+    assert study.read_dynamics_file(tmp_path / "dynamics" / "digits" / "seed0.jsonl.gz")
+    if has_data:
+        assert float(rows[("finetune", "fixed@50%:augmented")]["accuracy"]) >= 0.0
+        assert not list((tmp_path / "runs" / "finetune").rglob("*.safetensors"))  # only the pretraining is kept
+        assert list((tmp_path / "runs" / "pretrain").rglob("*.safetensors"))

@@ -23,8 +23,9 @@ from helpers import (
 )
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
+from hf_critical.arguments import detector_kwargs
 from hf_critical.augmentation import ImageAugmentationCollator, TextAugmentationCollator
-from hf_critical.detectors import Detector, FixedSwitch
+from hf_critical.detectors import Detector, FixedSwitch, build_detector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -174,19 +175,40 @@ def test_augment_arguments_without_augmentation_collator_fail(tmp_path):
     [
         ({"detector": "oracle"}, "detector"),
         ({"detector_metrics": ["loss"]}, "detector_metrics"),
-        ({"detector_threshold": 0.0}, "threshold"),
-        ({"detector_threshold": float("nan")}, "threshold"),
-        ({"detector_patience": 0}, "patience"),
-        ({"detector_window": "two epochs"}, "window"),
+        ({"detector": "stability", "detector_threshold": 0.0}, "threshold"),
+        ({"detector": "stability", "detector_threshold": float("nan")}, "threshold"),
+        ({"detector": "stability", "detector_patience": 0}, "patience"),
+        ({"detector": "stability", "detector_window": "two epochs"}, "window"),
         ({"detector": "fixed"}, "step"),
         ({"augment_copies": 0}, "augment_copies"),
         ({"augment_copies": 2.0}, "augment_copies"),
         ({"augment_after_switch": "none"}, "augment_after_switch"),
+        ({"detector": "rate", "detector_options": "peak_fraction=1.5"}, "peak_fraction"),
+        ({"detector": "rate", "detector_options": "nope=1"}, "no option.*nope"),
+        ({"detector": "rate", "detector_options": "metric=gradient_confusion", "dynamics_metrics": "layer_rotation"}, "watches 'gradient_confusion'"),
+        ({"detector_options": "peak_fraction"}, "has no '='"),
     ],
 )
 def test_bad_switch_arguments(tmp_path, overrides, field):
     with pytest.raises(ValueError, match=field):
         CriticalPeriodArguments(output_dir=str(tmp_path), report_to=[], **overrides)
+
+
+def test_a_stability_field_with_another_detector_is_reported(tmp_path):
+    with pytest.warns(UserWarning, match="`detector_threshold` is an option of detector 'stability' and is ignored"):
+        args = CriticalPeriodArguments(output_dir=str(tmp_path), report_to=[], detector="rate", detector_threshold=0.1)
+    assert detector_kwargs(args) == {"name": "rate"}
+
+
+def test_detector_options_reach_the_detector_from_json_and_key_value(tmp_path):
+    for options in ('{"peak_fraction": 0.3, "window": "0.5ep"}', "peak_fraction=0.3,window=0.5ep"):
+        args = CriticalPeriodArguments(output_dir=str(tmp_path), report_to=[], detector="rate", detector_options=options)
+        detector = build_detector(**detector_kwargs(args))
+        assert detector.peak_fraction == 0.3 and detector.window_steps is None and str(detector.window) == "0.5ep"
+    args = CriticalPeriodArguments(
+        output_dir=str(tmp_path), report_to=[], detector="fixed", detector_options={"epoch": 2}
+    )
+    assert detector_kwargs(args) == {"name": "fixed", "epoch": 2}
 
 
 # ---- resume -------------------------------------------------------------------------------------

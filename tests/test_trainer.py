@@ -270,6 +270,7 @@ def test_every_layer_non_finite_leaves_the_key_out(tmp_path):
     trainer = _train(
         model, text_dataset(), tmp_path, dynamics_every_n_steps=2, learning_rate=0.0, max_steps=2,
         dynamics_metrics=["gradient_confusion", "gradient_predictability"],
+        detector="stability",
         detector_metrics=["gradient_predictability"],
     )
     record = read_jsonl(jsonl_path(tmp_path))[0]
@@ -409,3 +410,53 @@ def test_initial_weights_storage_gives_the_same_rotation(tmp_path, storage):
     )
     expected = [e["dynamics/layer_rotation"] for e in dynamics_entries(reference.state.log_history)]
     assert len(values) == 3 and values == pytest.approx(expected, rel=1e-6)
+
+
+# ---- confusion over m chunks, and at every step ------------------------------------------------
+
+
+def test_split_batch_into_chunks_keeps_samples_together_and_covers_the_batch():
+    rows_per_sample = 2
+    batch = {"labels": torch.arange(14), "flag": True}  # 7 samples of 2 rows
+    chunks = split_batch(batch, rows_per_sample, parts=3)
+    assert [c["labels"].tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    assert all(c["flag"] is True for c in chunks)
+    assert split_batch(batch, rows_per_sample, parts=8) is None  # fewer samples than chunks
+    with pytest.raises(ValueError, match="`parts` must be an integer >= 2"):
+        split_batch(batch, parts=1)
+
+
+@pytest.mark.parametrize("chunks", [2, 4])
+def test_confusion_over_chunks_matches_the_reference_on_every_pair(tmp_path, chunks):
+    """The logged mean and minimum equal those of the autograd gradients of the m chunks' every pair."""
+    data = text_dataset()
+    trainer = _train(tiny_bert(), data, tmp_path, dynamics_every_n_steps=2, max_steps=2, dynamics_confusion_chunks=chunks)
+    reference_model = tiny_bert()
+    batch = next(iter(trainer.get_train_dataloader()))
+    record = read_jsonl(jsonl_path(tmp_path))[0]["gradient_confusion"]
+    names = list(record["per_layer"])
+    params = dict(reference_model.named_parameters())
+    grads = []
+    for chunk in split_batch(batch, parts=chunks):
+        loss = reference_model(**chunk).loss
+        flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[n] for n in names])])
+        grads.append(flat)
+    # Naive reference: the cosine of the concatenated gradients for each pair; then mean and min over pairs.
+    pair_values = [
+        float(grads[i] @ grads[j] / (grads[i].norm() * grads[j].norm()))
+        for i in range(chunks)
+        for j in range(i + 1, chunks)
+    ]
+    assert record["num_pairs"] == chunks * (chunks - 1) // 2
+    assert record["value"] == pytest.approx(sum(pair_values) / len(pair_values), abs=1e-5)
+    assert record["min"] == pytest.approx(min(pair_values), abs=1e-5)
+
+
+def test_every_step_measurement_measures_confusion_at_every_step(tmp_path):
+    data = text_dataset()
+    _train(tiny_bert(), data, tmp_path, dynamics_every_n_steps=1, max_steps=4)
+    records = read_jsonl(jsonl_path(tmp_path))
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # Step 1's measurement has no batch before it; every later one has its predecessor's confusion.
+    assert records[0]["gradient_confusion"].get("unavailable") is True
+    assert all(r["gradient_confusion"]["num_pairs"] == 1 and r["gradient_confusion"]["batch_step"] == r["step"] - 1 for r in records[1:])

@@ -46,7 +46,7 @@ class NaiveConfusionTrainer(CriticalPeriodTrainer):
                 per_rank[r][name] = parts[r]
         naive = gradient_confusion(per_rank)
         super()._reduce_with_confusion(model, plan)
-        measured = self.dynamics._confusion[1]
+        measured = self.dynamics._confusion[plan.step]
         self.reference.append(
             {
                 "batch_step": plan.step,

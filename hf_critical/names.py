@@ -1,0 +1,36 @@
+"""The vocabulary of hf_critical, importing nothing heavy: metric names and their parsing.
+
+`hf_critical.detectors` and `hf_critical.arguments` both read it, so neither imports the other's
+dependencies (the detectors import no torch or transformers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["METRIC_NAMES", "normalize_metric_names"]
+
+#: The metrics hf_critical can compute, by the name used in arguments, logs and files.
+METRIC_NAMES = ("gradient_confusion", "gradient_predictability", "layer_rotation")
+
+def normalize_metric_names(metrics: str | Iterable[str] | None, field_name: str = "dynamics_metrics") -> list[str]:
+    """Turn ``"a,b"``, ``["a", "b"]`` or ``"all"`` into a checked list of metric names."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, str):
+        items = [m.strip() for m in metrics.split(",")]
+    else:
+        items = []
+        for m in metrics:
+            if not isinstance(m, str):
+                raise ValueError(f"`{field_name}` must hold metric names (strings), got {m!r}")
+            items.extend(part.strip() for part in m.split(","))
+    items = [m for m in items if m]
+    if items in (["all"], ["ALL"]):
+        return list(METRIC_NAMES)
+    if items in (["none"], ["NONE"]):
+        return []
+    unknown = [m for m in items if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"`{field_name}` has unknown metric(s) {unknown}; allowed: {list(METRIC_NAMES)}, 'all' or 'none'")
+    return list(dict.fromkeys(items))
