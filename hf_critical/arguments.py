@@ -133,6 +133,9 @@ class CriticalPeriodArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        from .launch import check_accelerate_cpu_launch
+
+        check_accelerate_cpu_launch()  # before TrainingArguments sets up devices (which fails unclearly then)
         super().__post_init__()
         self.dynamics_metrics = normalize_metric_names(self.dynamics_metrics)
         validate_every_n_steps(self.dynamics_every_n_steps)

@@ -85,6 +85,27 @@ def _series(records: Sequence[dict[str, Any]], metric: str, field: str) -> tuple
     return xs, ys
 
 
+def copies_line(records: list[dict[str, Any]], switch_step: int | float | None = None) -> tuple[list[float], list[float]]:
+    """Points of the k (augmented copies) step line, drawn with ``where="post"``.
+
+    A record carries the copies of the batches up to its step; the switch cuts them after
+    ``switch_step``, which may fall between two measurements. With ``switch_step`` the line drops at
+    ``switch_step`` itself (where the dashed "switch" line is), not at the next measurement.
+    """
+    points = [
+        (float(rec["step"]), float(rec["augment_copies"]))
+        for rec in records
+        if _is_number(rec.get("step")) and _is_number(rec.get("augment_copies"))
+    ]
+    if switch_step is not None and _is_number(switch_step):
+        later = [(step, k) for step, k in points if step > switch_step]
+        if later:
+            earlier = [(step, k) for step, k in points if step < switch_step]
+            points = [*earlier, (float(switch_step), later[0][1]), *later]
+    points.sort(key=lambda p: p[0])
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def plot_dynamics(
     jsonl_path: str | os.PathLike[str],
     png_path: str | os.PathLike[str],
@@ -136,13 +157,7 @@ def plot_dynamics(
     if not panels:
         raise ValueError(f"{path}: no metric records (none of {', '.join(METRIC_KEYS)} has a value)")
 
-    k_steps: list[float] = []
-    k_vals: list[float] = []
-    for rec in records:
-        k = rec.get("augment_copies")
-        if _is_number(rec.get("step")) and _is_number(k):
-            k_steps.append(float(rec["step"]))
-            k_vals.append(float(k))
+    k_steps, k_vals = copies_line(records, switch_step)
 
     import matplotlib
 

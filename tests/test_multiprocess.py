@@ -199,3 +199,118 @@ def test_fsdp_trainer_on_gpu(tmp_path):
     for h in result["history"]:
         assert 0.0 <= h["dynamics/layer_rotation"] <= 1.0
         assert -1.0 <= h["dynamics/gradient_predictability"] <= 1.0
+
+
+def _two_nodes(*script_args: str) -> None:
+    """Two torchrun launches with --nnodes 2, one process each, as two nodes on this machine."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")
+    port = str(_free_port())
+    nodes = [
+        subprocess.Popen(
+            [torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+             "--master_port", port, os.path.join(SCRIPTS, "two_nodes.py"), *script_args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    errors = [node.communicate(timeout=240)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-6000:] for e in errors)
+
+
+@pytest.mark.multiprocess
+def test_nodes_without_a_shared_filesystem_keep_their_own_copies(tmp_path):
+    """Point 7: each node's ranks read what their node wrote (initial weights, gradient snapshot), never node 0's."""
+    _two_nodes("--root", str(tmp_path))
+    full = [json.loads((tmp_path / "full" / f"node{n}" / "result.json").read_text()) for n in (0, 1)]
+    for result in full:
+        assert result["world_size"] == 2
+        assert "critical_period_initial_weights.safetensors" in result["files"]
+        assert {"critical_period_initial_weights.safetensors", "critical_period_grad_snapshot.safetensors"} <= set(
+            result["checkpoint_files"]
+        )
+        assert [h["step"] for h in result["history"]] == [1, 2, 3, 4, 5, 6]
+    assert full[0]["history"] == full[1]["history"] and full[0]["checksum"] == full[1]["checksum"]
+    assert "dynamics.jsonl" in full[0]["files"] and "dynamics.jsonl" not in full[1]["files"]  # logs: main process only
+    # Each node resumed from its own copy of checkpoint-4, in a new folder: the same run.
+    resumed = [json.loads((tmp_path / "resume" / f"node{n}" / "result.json").read_text()) for n in (0, 1)]
+    for result in resumed:
+        assert result["switch_step"] == 5
+        assert result["history"] == full[0]["history"]
+        assert result["checksum"] == full[0]["checksum"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_accelerate_cpu_launch_without_mpirun_stops_with_the_reason(tmp_path):
+    """Point 4: `accelerate launch --cpu --num_processes 2` ran the script once, silently, as one process."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate's launcher is not installed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [accelerate, "launch", "--cpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+         os.path.join(SCRIPTS, "short_run.py"), "--output_dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "`accelerate launch --cpu --num_processes N` (N > 1) runs CPU jobs of several processes through mpirun" in done.stderr
+    assert not any(name.startswith("checkpoint") or name == "dynamics.jsonl" for name in os.listdir(tmp_path))
+
+
+def test_accelerate_cpu_fallback_is_recognised_from_its_environment(monkeypatch, tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_critical import CriticalPeriodArguments
+    from hf_critical.trainer import check_launch
+
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "MASTER_PORT", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    check_launch(args)  # `accelerate launch --cpu` with one process: fine
+    monkeypatch.setenv("MASTER_PORT", "29500")  # what accelerate adds for --num_processes 2
+    with pytest.raises(ValueError, match="without it accelerate started this script once"):
+        check_launch(args)
+    with pytest.raises(ValueError, match="without it accelerate started this script once"):
+        CriticalPeriodArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])  # before device setup
+    monkeypatch.setenv("PMI_SIZE", "2")  # started by mpirun: several processes after all
+    check_launch(args)
+
+
+def test_the_exit_handler_destroys_the_default_process_group(tmp_path, monkeypatch):
+    """Point 3: the group is destroyed by an exit handler registered once, before the interpreter finalizes."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from hf_critical import trainer as trainer_module
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
+    monkeypatch.setattr(trainer_module, "_EXIT_HANDLER_REGISTERED", False)
+    trainer_module.destroy_process_group_at_exit()
+    trainer_module.destroy_process_group_at_exit()
+    assert registered == [trainer_module._destroy_default_process_group]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        flag = torch.ones(1)
+        dist.all_reduce(flag)
+        registered[0]()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    registered[0]()  # nothing to destroy: a no-op
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_process_runs_exit_zero_every_time(tmp_path):
+    """24 launches of a 3-step 2-process run: each exits 0 (before the fix, about 1 in 30 aborted at exit)."""
+    for launch in range(24):
+        _torchrun("short_run.py", "--output_dir", str(tmp_path / f"run{launch}"))

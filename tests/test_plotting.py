@@ -119,3 +119,15 @@ def test_no_augment_copies_and_single_metric(tmp_path: Path) -> None:
     records = [{"step": s, "layer_rotation": {"value": 0.01 * s}} for s in range(1, 6)]
     jsonl = _write(tmp_path / "d.jsonl", records)
     _assert_png(Path(plot_dynamics(str(jsonl), str(tmp_path / "d.png"))))
+
+
+def test_the_copies_line_drops_at_the_switch_step_not_at_the_next_measurement():
+    from hf_critical.plotting import copies_line
+
+    records = [{"step": s, "augment_copies": 4 if s <= 6 else 1} for s in (2, 4, 6, 8, 10)]
+    assert copies_line(records, switch_step=7) == ([2.0, 4.0, 6.0, 7.0, 8.0, 10.0], [4.0, 4.0, 4.0, 1.0, 1.0, 1.0])
+    # Switched at a measured step: that record still trained on 4 copies; the drop is drawn there.
+    records = [{"step": s, "augment_copies": 4 if s <= 6 else 1} for s in (2, 4, 6, 8)]
+    assert copies_line(records, switch_step=6) == ([2.0, 4.0, 6.0, 8.0], [4.0, 4.0, 1.0, 1.0])
+    assert copies_line(records) == ([2.0, 4.0, 6.0, 8.0], [4.0, 4.0, 4.0, 1.0])  # no switch step given
+    assert copies_line(records[:3], switch_step=6) == ([2.0, 4.0, 6.0], [4.0, 4.0, 4.0])  # switched at the end
