@@ -90,8 +90,13 @@ def _assert_same_run(reference, resumed, from_step: int) -> None:
     assert res_results["measured"]["train_rows"] == ref_results["measured"]["train_rows"]
     assert res_results["measured"]["train_seconds_before_resume"] > 0
     assert res_results["measured"]["train_seconds"] > res_results["measured"]["train_seconds_before_resume"]
-    saved = res_results["derived"]["train_seconds_saved_fraction_estimate"]
-    assert saved is None or saved > -0.5  # a segment's runtime against all steps gave "saved -38.5 %"
+    # The time compared with all steps is the segments' sum, not the last segment's runtime (which gave
+    # "saved -38.5 %"). The saved fraction itself is an estimate from step times: under load it swings
+    # either way (seen: -176 % on a machine with load average 9), so only the sum is asserted.
+    with open(os.path.join(resumed, "train_results.json"), encoding="utf-8") as fh:
+        segment = json.load(fh)["train_runtime"]
+    measured = res_results["measured"]
+    assert measured["train_seconds"] == pytest.approx(measured["train_seconds_before_resume"] + segment, rel=1e-6)
 
 
 def _interrupted_copy(reference, target, checkpoint: int) -> None:
