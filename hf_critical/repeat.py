@@ -363,12 +363,15 @@ class RepeatTrainerMixin:
             return values
         _, _, num_examples, _, total_batch, _, _ = values
         epochs = math.ceil(args.num_train_epochs)
-        max_steps = self._repeat_max_steps(epochs)
+        max_steps = self._repeat_max_steps()
         rows = plan.total_rows(epochs) * args.world_size
         return epochs, plan.updates(0), num_examples, rows, total_batch, plan.batches(0), max_steps
 
-    def _repeat_max_steps(self, epochs: int) -> int:
-        total = self.repeat_plan.total_updates(epochs)
+    def _repeat_max_steps(self) -> int:
+        """Steps of ``num_train_epochs`` epochs (a fraction of the last one included) under the plan, capped by max_steps."""
+        plan, wanted = self.repeat_plan, float(self.args.num_train_epochs)
+        whole = math.floor(wanted)
+        total = plan.epoch_start(whole) + math.ceil((wanted - whole) * plan.updates(whole))
         return min(total, self.args.max_steps) if self.args.max_steps > 0 else total
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
@@ -388,7 +391,7 @@ class RepeatTrainerMixin:
                 plan.switch_at(int(period["switch_step"]))
             epochs_trained, done = plan.locate(self.state.global_step)
             skip = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
-            self.state.max_steps = self._repeat_max_steps(int(num_train_epochs))
+            self.state.max_steps = self._repeat_max_steps()
         plan.epoch = epochs_trained
         return epochs_trained, skip
 
@@ -403,7 +406,7 @@ class RepeatTrainerMixin:
         bound.arguments["num_update_steps_per_epoch"] = plan.updates(epoch)
         if self.augmentation is not None:
             self.augmentation.set_epoch(epoch)
-        self.state.max_steps = self._repeat_max_steps(int(self.state.num_train_epochs))
+        self.state.max_steps = self._repeat_max_steps()
         for callback in self.callback_handler.callbacks:
             bar = getattr(callback, "training_bar", None)
             if bar is not None and getattr(bar, "total", None) != self.state.max_steps:

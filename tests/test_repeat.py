@@ -237,6 +237,14 @@ def test_max_steps_caps_the_run_and_the_schedule_stays_over_epochs(tmp_path):
     assert lrs[18] == pytest.approx(0.1 * (1 - (17 / 18) / 3)) and lrs[20] == pytest.approx(0.1 * (1 - (1 + 1 / 6) / 3))
 
 
+def test_a_fraction_of_an_epoch_ends_the_run_inside_the_last_epoch(tmp_path):
+    trainer = _repeat_trainer(tmp_path, FixedSwitch(step=4), num_train_epochs=2.5)
+    trainer.train()
+    assert trainer.state.global_step == trainer.state.max_steps == 18 + 6 + 3
+    lrs = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "loss" in h}
+    assert lrs[27] == pytest.approx(0.1 * (1 - (2 + 2 / 6) / 2.5))
+
+
 def test_gradient_accumulation_counts_optimizer_steps_per_epoch(tmp_path):
     trainer = _repeat_trainer(tmp_path, FixedSwitch(step=2), gradient_accumulation_steps=2)
     trainer.train()
