@@ -237,6 +237,24 @@ def test_max_steps_caps_the_run_and_the_schedule_stays_over_epochs(tmp_path):
     assert lrs[18] == pytest.approx(0.1 * (1 - (17 / 18) / 3)) and lrs[20] == pytest.approx(0.1 * (1 - (1 + 1 / 6) / 3))
 
 
+def test_the_progress_bar_shows_the_true_total_from_each_epoch_on(tmp_path):
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer = _repeat_trainer(tmp_path, FixedSwitch(step=4), disable_tqdm=False)
+    bar = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
+    totals = {}
+
+    class Totals(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            totals[state.global_step] = (bar.training_bar.total, state.max_steps)
+
+    trainer.add_callback(Totals())
+    trainer.train()
+    # 3 epochs of 18 steps planned; from epoch 1 on (after the switch at step 4) the true 18 + 6 + 6.
+    assert totals[1] == totals[18] == (54, 54) and totals[19] == totals[30] == (30, 30)
+
+
 def test_a_fraction_of_an_epoch_ends_the_run_inside_the_last_epoch(tmp_path):
     trainer = _repeat_trainer(tmp_path, FixedSwitch(step=4), num_train_epochs=2.5)
     trainer.train()
