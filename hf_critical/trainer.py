@@ -359,6 +359,10 @@ class CriticalPeriodTrainer(RepeatTrainerMixin, Trainer):
         if mode not in AUGMENT_MODES:
             raise ValueError(f"`augment_mode` must be one of {list(AUGMENT_MODES)}, got {mode!r}")
         self._repeat_copies = None
+        # A collator an earlier repeat-mode trainer set to one row per sample still knows its k.
+        remembered = getattr(self.augmentation, "_repeat_mode_copies", None)
+        if remembered is not None and self.augmentation.copies == 1 and getattr(self.args, "augment_copies", None) is None:
+            self.augmentation.copies = remembered
         if mode == "batch":
             return
         if self.augmentation.original_first:
@@ -375,6 +379,7 @@ class CriticalPeriodTrainer(RepeatTrainerMixin, Trainer):
             raise ValueError("augment_mode='repeat' needs a map-style training set with a length, got an IterableDataset")
         # k passes of one row each: the collator makes one augmented row per sample, the plan k passes.
         self._repeat_copies = self.augmentation.copies
+        self.augmentation._repeat_mode_copies = self._repeat_copies
         self.augmentation.copies = 1
 
     @property

@@ -397,6 +397,12 @@ def test_bad_repeat_settings_name_the_option(tmp_path):
     collator = ImageAugmentationCollator(policy="affine", copies=2, original_first=True)
     with pytest.raises(ValueError, match="original_first"):
         CriticalPeriodTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset(8), data_collator=collator)
+    reused = ImageAugmentationCollator(policy="affine", copies=3)
+    CriticalPeriodTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset(8), data_collator=reused)
+    assert reused.copies == 1  # one augmented row per visit; k = 3 passes
+    batch_args = CriticalPeriodArguments(**common_args(tmp_path))
+    again = CriticalPeriodTrainer(model=tiny_vit(), args=batch_args, train_dataset=image_dataset(8), data_collator=reused)
+    assert reused.copies == 3 and again.switch.copies == 3  # the same collator in batch mode: k rows again
     trainer = _repeat_trainer(
         tmp_path, NeverSwitch(), eval_dataset=image_dataset(8), lr_scheduler_type="reduce_lr_on_plateau",
         eval_strategy="epoch",
