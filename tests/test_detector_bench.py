@@ -74,12 +74,13 @@ def test_default_fire_epoch_does_not_depend_on_steps_per_epoch():
     assert None not in fires and max(fires) / min(fires) - 1 <= 0.15, fires
 
 
-def test_plateau_rarely_fires_on_a_detectable_noisy_trend():
+@pytest.mark.parametrize("make", [RATE, PLATEAU], ids=["rate", "plateau"])
+def test_noisy_detectable_trends_rarely_fire(make):
     # The noise of real single-pair confusion logs; a trend of 3 standard errors of a quarter-epoch
     # mean per quarter epoch, falling as confusion does.
     plan = Plan(8, 2, 60)
     trend = noisy_trend(-detectable_slope(SINGLE_PAIR_NOISE, plan), SINGLE_PAIR_NOISE)
-    fired = sum(simulate(PLATEAU, trend, plan, seed=seed) is not None for seed in range(40))
+    fired = sum(simulate(make, trend, plan, seed=seed) is not None for seed in range(40))
     assert fired <= 4, f"{fired}/40 false fires"
 
 
