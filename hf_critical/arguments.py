@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from .detectors import DETECTORS, build_detector, detector_options_of, parse_detector_options
 from .layers import LAYER_SELECTIONS, validate_layer_selection
-from .names import METRIC_NAMES, normalize_metric_names
+from .names import AUGMENT_MODES, METRIC_NAMES, normalize_metric_names
 
 __all__ = [
     "METRIC_NAMES",
@@ -127,6 +127,15 @@ class CriticalPeriodArguments(TrainingArguments):
         default=None,
         metadata={"help": "Copies per sample before the switch (overrides the augmentation collator's `copies`)."},
     )
+    augment_mode: str = field(
+        default="batch",
+        metadata={
+            "help": "How the k copies are made: 'batch' (each step holds B*k rows, k augmented copies of each of its "
+            "B samples; steps per epoch unchanged) or 'repeat' (an epoch visits every sample k times, one augmented "
+            "row each, over k times the steps, until the switch; epochs after the switch epoch visit it once). "
+            "Repeat mode's schedule is defined over epochs: docs/augmentation.md."
+        },
+    )
     augment_after_switch: str | None = field(
         default=None,
         metadata={"help": f"After the switch: one of {list(AFTER_SWITCH_MODES)} (overrides the collator's setting)."},
@@ -160,6 +169,13 @@ class CriticalPeriodArguments(TrainingArguments):
             isinstance(self.augment_copies, bool) or not isinstance(self.augment_copies, int) or self.augment_copies < 1
         ):
             raise ValueError(f"`augment_copies` must be an integer >= 1, got {self.augment_copies!r}")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise ValueError(f"`augment_mode` must be one of {list(AUGMENT_MODES)}, got {self.augment_mode!r}")
+        if self.augment_mode == "repeat" and self.max_steps > 0 and self.num_train_epochs <= 0:
+            raise ValueError(
+                "augment_mode='repeat' plans its epochs from `num_train_epochs` (the schedule is over epochs); "
+                f"got num_train_epochs={self.num_train_epochs} with max_steps={self.max_steps}"
+            )
         if self.augment_after_switch is not None and self.augment_after_switch not in AFTER_SWITCH_MODES:
             raise ValueError(
                 f"`augment_after_switch` must be one of {list(AFTER_SWITCH_MODES)}, got {self.augment_after_switch!r}"

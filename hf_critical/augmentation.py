@@ -60,6 +60,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .names import COPY_INDEX_KEY
+
 ROWS_PER_SAMPLE_KEY = "hf_critical_rows_per_sample"
 SINGLE_KEY = "hf_critical_single"
 AUGMENT_ON_DEVICE_KEY = "hf_critical_augment_on_device"
@@ -597,7 +599,7 @@ class TextAugmentationCollator(AugmentationCollator):
         labels = _label_tensor(
             [_field(features, r, self.label_field, "label") for r in range(len(features))], self.label_field
         )
-        with _python_numpy_rng(self._seeds(_texts_bytes(originals))):
+        with _python_numpy_rng(self._seeds(_texts_bytes(originals) + _copy_indices_bytes(features))):
             # copies[c][f]: the texts of field f in copy c
             copies = [
                 [self.augment_texts(column) if aug else list(column) for column in originals] for aug in augmented
@@ -616,6 +618,17 @@ def _texts_bytes(columns: list[list[str]]) -> bytes:
     # Lengths first: ("ab", "c") and ("a", "bc") must not give the same bytes.
     texts = [t for column in columns for t in column]
     return json.dumps([len(columns), texts], ensure_ascii=False).encode("utf-8")
+
+
+def _copy_indices_bytes(features: Sequence[Mapping]) -> bytes:
+    """The rows' copy indices (augment_mode="repeat") as bytes for the seed; empty in batch mode.
+
+    In repeat mode a sample comes back k times per epoch; its copy index keeps the k copies'
+    augmentations apart even if two batches of an epoch held the same samples in the same order.
+    """
+    if not any(COPY_INDEX_KEY in f for f in features):
+        return b""
+    return b"copies" + json.dumps([int(f.get(COPY_INDEX_KEY, 0)) for f in features]).encode()
 
 
 def _needs_single_view(rows: int, augmented: list[bool], after_switch: str) -> bool:
@@ -918,17 +931,17 @@ class ImageAugmentationCollator(AugmentationCollator):
             [_field(features, r, self.label_field, "label") for r in range(len(features))], self.label_field
         )
         batch = {self.image_field: images, "labels": labels}
+        seed = self._batch_seed(images, _copy_indices_bytes(features))
+        if seed is not None:
+            batch[SEED_KEY] = seed  # taken here, on the CPU: the device never copies images back for it
         if self.on_device:
             batch[ROWS_PER_SAMPLE_KEY] = 1
             batch[AUGMENT_ON_DEVICE_KEY] = True
-            seed = self._batch_seed(images)
-            if seed is not None:
-                batch[SEED_KEY] = seed  # taken here, on the CPU: the device never copies images back for it
             return batch
         return self.augment_batch(batch)
 
-    def _batch_seed(self, images: torch.Tensor) -> int | None:
-        seeds = self._seeds(_tensor_bytes(images))
+    def _batch_seed(self, images: torch.Tensor, copies: bytes = b"") -> int | None:
+        seeds = self._seeds(_tensor_bytes(images) + copies)
         return None if seeds is None else (seeds[0] << 32) | seeds[1]
 
     # -- augmentation ----------------------------------------------------------------------------

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["METRIC_NAMES", "normalize_metric_names"]
+__all__ = ["AUGMENT_MODES", "COPY_INDEX_KEY", "METRIC_NAMES", "normalize_metric_names"]
 
 #: The metrics hf_critical can compute, by the name used in arguments, logs and files.
 METRIC_NAMES = ("gradient_confusion", "gradient_predictability", "layer_rotation")
+
+#: How k copies are made: "batch" (B*k rows per step, the default) or "repeat" (k passes per epoch).
+AUGMENT_MODES = ("batch", "repeat")
+
+#: Key a training row gets in augment_mode="repeat": which of the k passes of its epoch it belongs to.
+#: The augmentation collators fold it into the batch's seed (the k copies of a sample differ) and drop it.
+COPY_INDEX_KEY = "hf_critical_copy"
 
 def normalize_metric_names(metrics: str | Iterable[str] | None, field_name: str = "dynamics_metrics") -> list[str]:
     """Turn ``"a,b"``, ``["a", "b"]`` or ``"all"`` into a checked list of metric names."""

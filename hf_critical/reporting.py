@@ -307,7 +307,9 @@ def build_results(
     """
     period = trainer.critical_period
     augmentation = getattr(trainer, "augmentation", None)
-    copies_before = period["copies_before"] if period else (augmentation.copies if augmentation is not None else 1)
+    plan = getattr(trainer, "repeat_plan", None)  # augment_mode="repeat": k passes, one row per sample and step
+    copies_unswitched = plan.copies if plan is not None else (augmentation.copies if augmentation is not None else 1)
+    copies_before = period["copies_before"] if period else copies_unswitched
     copies_after = period["copies_after"] if period else copies_before
     segment_seconds = (train_metrics or {}).get("train_runtime")
     before_resume = costs.seconds_before_resume
@@ -328,6 +330,8 @@ def build_results(
         copies_after,
         train_seconds=train_seconds,
         train_energy_kwh=train_energy_kwh,
+        augment_mode="repeat" if plan is not None else "batch",
+        one_pass_from_step=period.get("one_pass_from_step") if period else None,
     )
     measured, derived = savings["measured"], savings["derived"]
     measured["train_seconds_before_resume"] = before_resume

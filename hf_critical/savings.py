@@ -12,6 +12,12 @@ received (a forward pre-hook, so k augmented copies count k times) and the step'
 * energy without the switch = measured energy x (time without / time with): an estimate that
   assumes the same average power.
 
+With dataset repetition (``augment_mode="repeat"``, `hf_critical.repeat`) a step always holds B rows
+and the switch shortens the epochs after the switch epoch from k passes to one: the run without the
+switch has k - 1 more rows and steps for every row and step of those one-pass epochs (steps after
+``one_pass_from_step``; exact when a pass fills whole batches), and those extra steps are augmented
+steps, priced at the median step time before the switch.
+
 `estimate_cost` turns hours and kWh into money at prices the user gives. The study prices its runs
 with `DEFAULT_PRICE_PER_KWH` and `DEFAULT_PRICE_PER_ACCELERATOR_HOUR` unless told otherwise; both are
 public list prices, named with their source below, and both are arguments (a user's own prices differ).
@@ -135,6 +141,8 @@ def compute_savings(
     copies_after: int = 1,
     train_seconds: float | None = None,
     train_energy_kwh: float | None = None,
+    augment_mode: str = "batch",
+    one_pass_from_step: int | None = None,
 ) -> dict[str, Any]:
     """Measured work of a run and the derived cost of the same run without the switch.
 
@@ -145,6 +153,9 @@ def compute_savings(
         copies_before, copies_after: rows per sample before / after the switch.
         train_seconds: measured train time (e.g. the Trainer's ``train_runtime``).
         train_energy_kwh: measured (or codecarbon-estimated) energy of training.
+        augment_mode: ``"batch"`` (k rows per sample in a step) or ``"repeat"`` (k passes per epoch).
+        one_pass_from_step: repeat mode, with a switch: the last step of the switch epoch (steps after
+            it are in one-pass epochs; ``trainer.critical_period["one_pass_from_step"]``).
 
     Returns a dict with ``measured`` and ``derived`` parts; see the module docstring.
     """
@@ -153,13 +164,20 @@ def compute_savings(
             raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
     if switch_step is not None and (isinstance(switch_step, bool) or not isinstance(switch_step, int) or switch_step < 0):
         raise ValueError(f"`switch_step` must be None or an int >= 0, got {switch_step!r}")
+    if augment_mode not in ("batch", "repeat"):
+        raise ValueError(f"`augment_mode` must be 'batch' or 'repeat', got {augment_mode!r}")
     switched = switch_step is not None
+    if augment_mode == "repeat" and switched and one_pass_from_step is None:
+        raise ValueError("augment_mode='repeat' with a switch needs `one_pass_from_step` (the switch epoch's last step)")
     before = [s for s in steps if not switched or s["step"] <= switch_step]
     after = [s for s in steps if switched and s["step"] > switch_step]
     rows_before = int(sum(s["rows"] for s in before))
     rows_after = int(sum(s["rows"] for s in after))
     rows_with = rows_before + rows_after
     rows_without = rows_before + round(rows_after * copies_before / copies_after)
+    short = [s for s in steps if switched and s["step"] > one_pass_from_step] if augment_mode == "repeat" else []
+    if augment_mode == "repeat":
+        rows_without = rows_with + (copies_before - 1) * int(sum(s["rows"] for s in short))
 
     # The first step also pays for start-up (workers, allocations): leave it out of the typical step time.
     timed_before = before[1:] if len(before) > 1 else before
@@ -167,7 +185,12 @@ def compute_savings(
     median_after = _median([s["seconds"] for s in after])
     seconds_without = None
     if train_seconds is not None:
-        if not after:
+        if augment_mode == "repeat":
+            if not short:
+                seconds_without = float(train_seconds)
+            elif median_before is not None:
+                seconds_without = float(train_seconds) + (copies_before - 1) * len(short) * median_before
+        elif not after:
             seconds_without = float(train_seconds)
         elif median_before is not None and median_after is not None:
             seconds_without = float(train_seconds) + len(after) * (median_before - median_after)
@@ -188,6 +211,8 @@ def compute_savings(
             "optimizer_steps_recorded": len(steps),
             "steps_before_switch": len(before),
             "steps_after_switch": len(after),
+            "augment_mode": augment_mode,
+            "steps_in_one_pass_epochs": len(short),
             "copies_before_switch": copies_before,
             "copies_after_switch": copies_after,
             "train_rows": rows_with,

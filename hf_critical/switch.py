@@ -65,6 +65,8 @@ class CriticalPeriodCallback(TrainerCallback):
         #: The switch keys, until the next training log sends them out.
         self.unlogged: dict[str, float] = {}
         self._steps_per_epoch = 1
+        #: augment_mode="repeat": the trainer's `hf_critical.repeat.RepeatPlan` (epochs of varying length).
+        self.plan = None
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -73,6 +75,9 @@ class CriticalPeriodCallback(TrainerCallback):
         """Rows per sample the next training batches get (k before the switch, 1 after)."""
         if self.collator is None:
             return 1
+        if self.plan is not None:
+            # Repeat mode: one row per sample and step; k is the passes (copies) per epoch.
+            return 1 if self.collator.switched else self.plan.copies
         return self.collator.rows_per_sample
 
     def state(self) -> dict[str, Any]:
@@ -86,6 +91,9 @@ class CriticalPeriodCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         steps_per_epoch = _steps_per_epoch(train_dataloader, args, state)
+        if self.plan is not None:
+            # Detector windows in epochs mean the augmented epochs, the ones the detector watches.
+            steps_per_epoch = self.plan.updates(0)
         self._steps_per_epoch = steps_per_epoch
         saved = (state.stateful_callbacks or {}).get(SWITCH_STATE_KEY) if state.global_step > 0 else None
         if saved is not None:
@@ -129,7 +137,10 @@ class CriticalPeriodCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.collator is not None and hasattr(self.collator, "set_epoch"):
             # Before the epoch's DataLoader iterator exists: every batch of the epoch is seeded with it.
-            self.collator.set_epoch(state.global_step // self._steps_per_epoch)
+            if self.plan is not None:
+                self.collator.set_epoch(self.plan.locate(state.global_step)[0])
+            else:
+                self.collator.set_epoch(state.global_step // self._steps_per_epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -156,6 +167,8 @@ class CriticalPeriodCallback(TrainerCallback):
         before = self.copies
         if self.collator is not None:
             self.collator.switch()
+        if self.plan is not None:
+            self.plan.switch_at(step)
         last = self.dynamics.history[-1] if self.dynamics.history else {}
         self.critical_period = {
             "switch_step": step,
@@ -166,6 +179,11 @@ class CriticalPeriodCallback(TrainerCallback):
             "metrics_at_switch": dict(self.detector.values_at_fire or {}),
             "last_measurement_step": last.get("step"),
         }
+        if self.plan is not None:
+            # The epoch the switch ran in keeps its k passes; the later ones are one pass (hf_critical.repeat).
+            self.critical_period["augment_mode"] = "repeat"
+            self.critical_period["one_pass_from_epoch"] = self.plan.switch_epoch + 1
+            self.critical_period["one_pass_from_step"] = self.plan.epoch_start(self.plan.switch_epoch + 1)
         self.dynamics.record_fields["augment_copies"] = self.copies
         logger.info("Critical period ended at step %d (epoch %.3f): augmentation %d -> %d copies", step, epoch, before, self.copies)
         self.unlogged = {"critical_period/switch_step": float(step), "critical_period/switch_epoch": epoch}

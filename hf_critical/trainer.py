@@ -50,6 +50,7 @@ from .callback import DynamicsCallback
 from .detectors import Detector, NeverSwitch, build_detector
 from .launch import check_accelerate_cpu_launch
 from .metrics import PairwiseGradientCosines, confusion_from_norms, squared_norms
+from .repeat import AUGMENT_MODES, RepeatTrainerMixin
 from .switch import CriticalPeriodCallback
 
 __all__ = ["CriticalPeriodTrainer", "split_batch", "count_items", "check_deepspeed", "check_fsdp", "check_launch", "RESERVED_KEYS"]
@@ -278,7 +279,7 @@ class _StepPlan:
         return sum(self.counts)
 
 
-class CriticalPeriodTrainer(Trainer):
+class CriticalPeriodTrainer(RepeatTrainerMixin, Trainer):
     """`transformers.Trainer` that measures gradient confusion, gradient predictability and layer rotation.
 
     Same constructor as `Trainer`. Settings come from `CriticalPeriodArguments` (plain
@@ -331,6 +332,7 @@ class CriticalPeriodTrainer(Trainer):
 
         self._step_plan: _StepPlan | None = None
         self._step_rows_per_sample = 1
+        self._step_copies = 1
         self._warned_unsplittable = False
         self._warned_no_confusion = False
 
@@ -338,6 +340,12 @@ class CriticalPeriodTrainer(Trainer):
         copies = getattr(self.args, "augment_copies", None)
         after_switch = getattr(self.args, "augment_after_switch", None)
         if self.augmentation is None:
+            if getattr(self.args, "augment_mode", "batch") != "batch":
+                raise ValueError(
+                    f"`augment_mode={self.args.augment_mode!r}` needs an hf_critical augmentation collator "
+                    f"(TextAugmentationCollator, ImageAugmentationCollator) as `data_collator`, got "
+                    f"{type(self.data_collator).__name__}"
+                )
             if copies not in (None, 1) or after_switch is not None:
                 raise ValueError(
                     "`augment_copies`/`augment_after_switch` need an hf_critical augmentation collator "
@@ -349,10 +357,40 @@ class CriticalPeriodTrainer(Trainer):
             self.augmentation.copies = copies
         if after_switch is not None:
             self.augmentation.after_switch = after_switch
+        self._configure_augment_mode()
         if self.args.remove_unused_columns:
             # The collator reads raw fields (e.g. the text) that the model's forward does not take.
             logger.info("remove_unused_columns set to False: the augmentation collator reads raw dataset columns")
             self.args.remove_unused_columns = False
+
+    def _configure_augment_mode(self) -> None:
+        """augment_mode="repeat": k passes per epoch of one augmented row each (see hf_critical.repeat)."""
+        mode = getattr(self.args, "augment_mode", "batch")
+        if mode not in AUGMENT_MODES:
+            raise ValueError(f"`augment_mode` must be one of {list(AUGMENT_MODES)}, got {mode!r}")
+        self._repeat_copies = None
+        # A collator an earlier repeat-mode trainer set to one row per sample still knows its k.
+        remembered = getattr(self.augmentation, "_repeat_mode_copies", None)
+        if remembered is not None and self.augmentation.copies == 1 and getattr(self.args, "augment_copies", None) is None:
+            self.augmentation.copies = remembered
+        if mode == "batch":
+            return
+        if self.augmentation.original_first:
+            raise ValueError(
+                "`original_first=True` is a batch-augmentation layout (copy 0 of every sample clean); "
+                "augment_mode='repeat' augments every pass: use original_first=False"
+            )
+        if self.args.train_sampling_strategy != "random":
+            raise ValueError(
+                f"augment_mode='repeat' draws its own epochs (k shuffled passes); `train_sampling_strategy` must be "
+                f"'random', got {self.args.train_sampling_strategy!r}"
+            )
+        if self.train_dataset is not None and isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            raise ValueError("augment_mode='repeat' needs a map-style training set with a length, got an IterableDataset")
+        # k passes of one row each: the collator makes one augmented row per sample, the plan k passes.
+        self._repeat_copies = self.augmentation.copies
+        self.augmentation._repeat_mode_copies = self._repeat_copies
+        self.augmentation.copies = 1
 
     @property
     def critical_period(self) -> dict[str, Any] | None:
@@ -369,7 +407,7 @@ class CriticalPeriodTrainer(Trainer):
             for key, value in {**self.dynamics.take_unlogged(), **self.switch.take_unlogged()}.items():
                 logs.setdefault(key, value)
             if self.augmentation is not None:
-                logs.setdefault("augment/copies", self._step_rows_per_sample)
+                logs.setdefault("augment/copies", self._step_copies)
         super().log(logs, start_time)
 
     # ---- evaluation uses clean, single-copy batches ----------------------------------------------
@@ -425,7 +463,9 @@ class CriticalPeriodTrainer(Trainer):
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
-        self._step_rows_per_sample = self.switch.copies
+        self._step_copies = self.switch.copies
+        # Repeat mode makes its copies over passes: one row per sample in every step.
+        self._step_rows_per_sample = 1 if self.repeat_plan is not None else self._step_copies
         batch_samples = [self._materialize(batch) for batch in batch_samples]
         num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
         shifted = bool(getattr(self, "_loss_shifts_labels", False))
