@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .adapters import EffectiveWeights, lora_layers
 from .arguments import (
     DEFAULT_EVERY_N_STEPS,
     INITIAL_WEIGHTS_STORAGE,
@@ -40,6 +41,7 @@ from .arguments import (
     normalize_metric_names,
     validate_every_n_steps,
 )
+from .gradient_snapshot import GradientKeeper
 from .layers import LayerSelection, select_parameters, validate_layer_selection
 from .metrics import MetricResult, gradient_predictability, layer_rotation, local_shard
 from .weights_file import TensorFile, write_tensors
@@ -126,6 +128,11 @@ class DynamicsCallback(TrainerCallback):
         self.selection: LayerSelection | None = None
         self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
+        self._keeper = GradientKeeper()
+        #: LoRA layers whose rotation is that of their effective weight (hf_critical.adapters), by weight name.
+        self._lora: dict = {}
+        #: Squared norm of each layer's initial tensor (or effective weight), taken once per run.
+        self._initial_sq: dict[str, float] | None = None
         self._pending: dict[str, MetricResult | None] = {}
         #: Gradient confusion measured during the micro-batches of a step, by step (read at the next step).
         self._confusion: dict[int, MetricResult] = {}
@@ -203,6 +210,7 @@ class DynamicsCallback(TrainerCallback):
         self._pending = {}
         self._confusion = {}
         self._snapshot = None
+        self._keeper = GradientKeeper()
         resumed = state.global_step > 0
         if "gradient_confusion" in self.metrics and not self.confusion_provider and not self._warned_confusion:
             logger.warning(
@@ -216,6 +224,7 @@ class DynamicsCallback(TrainerCallback):
             self.history = []
         if "layer_rotation" in self.metrics:
             self._initial = self._load_initial(args, state) if resumed else self._take_initial(args, state)
+            self._prepare_rotation(model)
         if state.is_world_process_zero:
             self._prepare_jsonl(args, state.global_step if resumed else 0)
 
@@ -225,17 +234,20 @@ class DynamicsCallback(TrainerCallback):
         step = state.global_step + 1
         grads = [p.grad for p in self.selection.parameters.values()]
         if self.is_measured_step(step):
+            previous = None
             if self._snapshot is not None and self._snapshot[0] == step - 1:
+                previous = self._keeper.take(self._snapshot[1])
+            if previous is not None:
                 names = self.selection.names
                 self._pending["gradient_predictability"] = gradient_predictability(
-                    dict(zip(names, self._snapshot[1])), dict(zip(names, grads)), reduce=self._reduce
+                    dict(zip(names, previous)), dict(zip(names, grads)), reduce=self._reduce
                 )
             else:
                 self._pending["gradient_predictability"] = None
             self._snapshot = None
         if self.is_measured_step(step + 1):
-            # Cloned: an optimizer may modify gradients in place, and zero_grad releases them.
-            self._snapshot = (step, [None if g is None else g.detach().clone() for g in grads])
+            # Kept by reference while nothing writes to them in place (hf_critical.gradient_snapshot), else copied.
+            self._snapshot = (step, self._keeper.keep(grads))
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -296,8 +308,10 @@ class DynamicsCallback(TrainerCallback):
         if "gradient_predictability" in self.metrics:
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
         if "layer_rotation" in self.metrics and self._initial is not None:
-            current = {name: p.detach() for name, p in self.selection.parameters.items()}
-            results["layer_rotation"] = layer_rotation(self._initial, current, reduce=self._reduce)
+            initial, current = self._rotation_views()
+            results["layer_rotation"] = layer_rotation(
+                initial, current, reduce=self._reduce, initial_sq_norms=self._initial_sq
+            )
         record: dict[str, Any] = {"step": step, "epoch": state.epoch, **self.record_fields}
         record["frozen_parameters"] = len(self.selection.frozen)
         values: dict[str, float] = {}
@@ -323,6 +337,31 @@ class DynamicsCallback(TrainerCallback):
                 control.should_log = should_log
             else:
                 state.log_history.append({**values, "epoch": state.epoch, "step": step})
+
+    def _prepare_rotation(self, model) -> None:
+        """Find LoRA layers (rotation of their effective weight) and take the initial squared norms once."""
+        self._lora = {}
+        if self._reduce is None:  # sharded factors (FSDP2) are measured as parameters
+            self._lora, unsupported = lora_layers(model, self.selection.parameters)
+            if unsupported:
+                logger.warning(
+                    "layer_rotation measures the adapter factors of %d adapted modules as parameters (DoRA, merged "
+                    "adapters or a trainable base weight), e.g. %s",
+                    len(unsupported),
+                    unsupported[0],
+                )
+        initial, _ = self._rotation_views()
+        norms = {}
+        for name in initial:
+            flat = local_shard(initial[name]).detach().reshape(-1).float()
+            norms[name] = torch.dot(flat, flat)
+        self._initial_sq = dict(zip(norms, torch.stack(list(norms.values())).tolist())) if norms else {}
+
+    def _rotation_views(self) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
+        current = {name: p.detach() for name, p in self.selection.parameters.items()}
+        if not self._lora:
+            return self._initial, current
+        return EffectiveWeights(self._initial, self._lora), EffectiveWeights(current, self._lora)
 
     # ---- persistence ----------------------------------------------------------------------------
 
