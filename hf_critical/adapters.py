@@ -109,8 +109,9 @@ class EffectiveWeights(Mapping):
                 return self.factors[name]
             raise KeyError(name)
         weight = layer.base_weight.detach()
-        # A fresh float32 (or float64) tensor: W0 itself is never written to.
-        effective = weight.to(dtype=torch.promote_types(weight.dtype, torch.float32), copy=True)
+        # A fresh float64 tensor (W0 itself is never written to): the rotation of W0 + BA is second order in
+        # the adapters' update, often below float32's resolution of 1 - cos (about 1e-7) early in training.
+        effective = weight.to(dtype=torch.float64, copy=True)
         for a_name, b_name, scaling in layer.factors:
             a = self.factors[a_name].to(device=weight.device, dtype=effective.dtype)
             b = self.factors[b_name].to(device=weight.device, dtype=effective.dtype)

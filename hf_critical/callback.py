@@ -353,9 +353,10 @@ class DynamicsCallback(TrainerCallback):
         initial, _ = self._rotation_views()
         norms = {}
         for name in initial:
-            flat = local_shard(initial[name]).detach().reshape(-1).float()
+            tensor = local_shard(initial[name]).detach().reshape(-1)
+            flat = tensor if tensor.dtype == torch.float64 else tensor.float()
             norms[name] = torch.dot(flat, flat)
-        self._initial_sq = dict(zip(norms, torch.stack(list(norms.values())).tolist())) if norms else {}
+        self._initial_sq = dict(zip(norms, torch.stack([v.double() for v in norms.values()]).tolist())) if norms else {}
 
     def _rotation_views(self) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
         current = {name: p.detach() for name, p in self.selection.parameters.items()}

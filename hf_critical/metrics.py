@@ -318,11 +318,13 @@ def layer_rotation(
         theta_t = local_shard(theta_t)
         if theta_0.shape != theta_t.shape:
             raise ValueError(f"layer {name!r}: initial shape {tuple(theta_0.shape)} != current {tuple(theta_t.shape)}")
-        flat_t = _as_float32(theta_t)
-        flat_0 = _as_float32(theta_0).to(flat_t.device)
+        # float64 tensors (LoRA effective weights, whose rotation is second order in the update) stay float64.
+        dtype = torch.float64 if torch.float64 in (theta_t.dtype, theta_0.dtype) else torch.float32
+        flat_t = theta_t.detach().reshape(-1).to(dtype)
+        flat_0 = theta_0.detach().reshape(-1).to(device=flat_t.device, dtype=dtype)
         known = None if initial_sq_norms is None else initial_sq_norms.get(name)
-        sq_0 = torch.dot(flat_0, flat_0) if known is None else torch.tensor(float(known), device=flat_t.device)
-        stats.append(torch.stack([torch.dot(flat_t, flat_0), sq_0, torch.dot(flat_t, flat_t)]))
+        sq_0 = torch.dot(flat_0, flat_0) if known is None else torch.tensor(float(known), dtype=dtype, device=flat_t.device)
+        stats.append(torch.stack([torch.dot(flat_t, flat_0), sq_0, torch.dot(flat_t, flat_t)]).double())
         names.append(name)
     if not names:
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
