@@ -44,6 +44,7 @@ from .arguments import (
 from .gradient_snapshot import GradientKeeper
 from .layers import LayerSelection, select_parameters, validate_layer_selection
 from .metrics import MetricResult, gradient_predictability, layer_rotation, local_shard
+from .sketch import sketch_keys, sketch_tensors, sketched_layer_rotation
 from .weights_file import TensorFile, write_tensors
 
 __all__ = [
@@ -86,6 +87,9 @@ class DynamicsCallback(TrainerCallback):
         layers: ``"weights"``, ``"all"`` or a regular expression over parameter names.
         initial_weights: Where layer rotation keeps the initial weights: ``"disk"`` (streamed one layer at
             a time from the file written at the start of training), ``"host"`` or ``"device"``.
+        sketch_dim: Keep fixed random per-layer sketches of ``sketch_dim`` floats instead of full tensors for
+            gradient predictability and layer rotation (`hf_critical.sketch`: the state no longer grows with the
+            model; the initial weights file is written for resume but never read during training). ``None``: exact.
     """
 
     def __init__(
@@ -95,8 +99,16 @@ class DynamicsCallback(TrainerCallback):
         layers: str = "weights",
         initial_weights: str = "disk",
         confusion_chunks: int = 2,
+        sketch_dim: int | None = None,
     ):
         self.metrics = normalize_metric_names(metrics, "metrics")
+        if sketch_dim is not None and (isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1):
+            raise ValueError(f"`sketch_dim` must be a positive integer (floats per layer) or None, got {sketch_dim!r}")
+        #: Floats per layer of the sketches replacing full tensors (None: exact metrics).
+        self.sketch_dim = sketch_dim
+        self._sketch_keys: dict[str, tuple[int, int, int, int]] = {}
+        self._initial_sketches: dict[str, torch.Tensor] = {}
+        self._rotation_keys: dict[str, tuple[int, int, int, int]] = {}
         if isinstance(confusion_chunks, bool) or not isinstance(confusion_chunks, int) or confusion_chunks < 2:
             raise ValueError(
                 f"`confusion_chunks` must be an integer >= 2 (chunks of the measured batch), got {confusion_chunks!r}"
@@ -148,6 +160,7 @@ class DynamicsCallback(TrainerCallback):
             layers=getattr(args, "dynamics_layers", "weights"),
             initial_weights=getattr(args, "dynamics_initial_weights", "disk"),
             confusion_chunks=getattr(args, "dynamics_confusion_chunks", 2),
+            sketch_dim=getattr(args, "dynamics_sketch_dim", None),
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
@@ -207,6 +220,13 @@ class DynamicsCallback(TrainerCallback):
             return
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
+        if self.sketch_dim is not None and self._reduce is not None:
+            raise ValueError(
+                "`dynamics_sketch_dim` does not support sharded parameters (FSDP2) yet; use the exact metrics there "
+                "(each rank then holds only its shards)."
+            )
+        seed = int(getattr(args, "seed", 0))
+        self._sketch_keys = {name: sketch_keys(seed, i) for i, name in enumerate(self.selection.names)}
         self._pending = {}
         self._confusion = {}
         self._snapshot = None
@@ -233,6 +253,9 @@ class DynamicsCallback(TrainerCallback):
             return
         step = state.global_step + 1
         grads = [p.grad for p in self.selection.parameters.values()]
+        if self.sketch_dim is not None and (self.is_measured_step(step) or self.is_measured_step(step + 1)):
+            keys = [self._sketch_keys[name] for name in self.selection.names]
+            grads = sketch_tensors(grads, self.sketch_dim, keys)  # fresh tensors: kept as they are
         if self.is_measured_step(step):
             previous = None
             if self._snapshot is not None and self._snapshot[0] == step - 1:
@@ -309,9 +332,14 @@ class DynamicsCallback(TrainerCallback):
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
         if "layer_rotation" in self.metrics and self._initial is not None:
             initial, current = self._rotation_views()
-            results["layer_rotation"] = layer_rotation(
-                initial, current, reduce=self._reduce, initial_sq_norms=self._initial_sq
-            )
+            if self.sketch_dim is not None:
+                results["layer_rotation"] = sketched_layer_rotation(
+                    self._initial_sketches, self._initial_sq, current, self.sketch_dim, self._rotation_keys
+                )
+            else:
+                results["layer_rotation"] = layer_rotation(
+                    initial, current, reduce=self._reduce, initial_sq_norms=self._initial_sq
+                )
         record: dict[str, Any] = {"step": step, "epoch": state.epoch, **self.record_fields}
         record["frozen_parameters"] = len(self.selection.frozen)
         values: dict[str, float] = {}
@@ -357,6 +385,15 @@ class DynamicsCallback(TrainerCallback):
             flat = tensor if tensor.dtype == torch.float64 else tensor.float()
             norms[name] = torch.dot(flat, flat)
         self._initial_sq = dict(zip(norms, torch.stack([v.double() for v in norms.values()]).tolist())) if norms else {}
+        if self.sketch_dim is not None:
+            # Rotation keys by the measured name (a LoRA layer's effective weight takes its A factor's key).
+            self._rotation_keys = {}
+            for name in initial:
+                layer = self._lora.get(name)
+                self._rotation_keys[name] = self._sketch_keys[layer.factors[0][0] if layer else name]
+            self._initial_sketches = {
+                name: sketch_tensors([initial[name]], self.sketch_dim, [self._rotation_keys[name]])[0] for name in initial
+            }
 
     def _rotation_views(self) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
         current = {name: p.detach() for name, p in self.selection.parameters.items()}
@@ -375,6 +412,7 @@ class DynamicsCallback(TrainerCallback):
                 "layers": self.layers,
                 "initial_weights": self.initial_weights,
                 "confusion_chunks": self.confusion_chunks,
+                "sketch_dim": self.sketch_dim,
             },
             "attributes": {
                 "history": list(self.history),
@@ -425,7 +463,7 @@ class DynamicsCallback(TrainerCallback):
             os.makedirs(args.output_dir, exist_ok=True)
             write_tensors(path, params.items(), {"layers": self.layers})
         _barrier()  # the other ranks of the node read the file its local main process wrote
-        if self.initial_weights == "disk":
+        if self.initial_weights == "disk" or self.sketch_dim is not None:
             return TensorFile(path, devices={name: p.device for name, p in params.items()})
         return {name: p.detach().to(self._initial_device(p), copy=True) for name, p in params.items()}
 
@@ -455,7 +493,7 @@ class DynamicsCallback(TrainerCallback):
             _link_or_copy(source, path)
         _barrier()
         stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
-        if self.initial_weights == "disk":
+        if self.initial_weights == "disk" or self.sketch_dim is not None:
             return stored
         return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in params.items()}
 
