@@ -121,3 +121,9 @@ def test_sketch_state_of_a_1b_parameter_model_stays_within_64_mib(monkeypatch):
     assert held <= 64 * 2**20
     assert held == 2 * 4 * dim * len(params) + 8 * len(params)
     assert 4 * total > 60 * held  # the exact state: one float32 copy of the weights (4.4 GB)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_bad_sketch_dim_is_refused_naming_the_field(tmp_path, value):
+    with pytest.raises(ValueError, match="dynamics_sketch_dim"):
+        CriticalPeriodArguments(**common_args(tmp_path, dynamics_sketch_dim=value))
