@@ -120,7 +120,7 @@ def test_sketch_state_of_a_1b_parameter_model_stays_within_64_mib(monkeypatch):
     held = state_bytes(initial) + state_bytes(kept_gradient) + 8 * len(params)
     assert held <= 64 * 2**20
     assert held == 2 * 4 * dim * len(params) + 8 * len(params)
-    assert 4 * total > 60 * held  # the exact state: one float32 copy of the weights (4.4 GB)
+    assert 4 * total > 60 * held  # the exact state: one float32 copy of the weights (4.1 GiB)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
