@@ -790,8 +790,10 @@ class TrendDetector(Detector):
     """
 
     name: ClassVar[str] = ""
-    #: Each subclass's defaults: the options left as ``None`` take these.
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: The options left as ``None`` take these; each subclass overrides what it needs.
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        window="0.25ep", warmup="0.5ep", peak_fraction=0.25, patience=2, confidence=0.9, progress="step", min_points=6
+    )
 
     def __init__(
         self,
@@ -963,17 +965,12 @@ class RateDetector(TrendDetector):
     """
 
     name: ClassVar[str] = "rate"
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        metric="layer_rotation",
-        window="0.25ep",
-        lookback="1ep",
-        warmup="0.5ep",
-        peak_fraction=0.25,
-        confidence=0.9,
-        patience=2,
-        progress="lr",
-        min_points=6,
-    )
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        **TrendDetector.DEFAULTS,
+        "metric": "layer_rotation",
+        "lookback": "1ep",
+        "progress": "lr",
+    }
 
 
 class PlateauDetector(TrendDetector):
@@ -986,17 +983,13 @@ class PlateauDetector(TrendDetector):
     """
 
     name: ClassVar[str] = "plateau"
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        metric="gradient_confusion",
-        window="0.25ep",
-        lookback="6ep",
-        warmup="0.5ep",
-        peak_fraction=0.25,
-        confidence=0.8,
-        patience=2,
-        progress="step",
-        min_points=8,
-    )
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        **TrendDetector.DEFAULTS,
+        "metric": "gradient_confusion",
+        "lookback": "6ep",
+        "confidence": 0.8,
+        "min_points": 8,
+    }
 
 
 class FractionSwitch(Detector):

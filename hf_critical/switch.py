@@ -91,7 +91,9 @@ class CriticalPeriodCallback(TrainerCallback):
         if saved is not None:
             self.detector = detector_from_state(saved["detector"])
             self.critical_period = saved["critical_period"]
-            self.learning_rate_sum = float(saved.get("learning_rate_sum", 0.0))  # absent before 0.2
+            # Absent before 0.2: a trend detector's own sum, else the sum restarts (only the jsonl field shows it).
+            fallback = saved["detector"].get("attributes", {}).get("lr_sum", 0.0)
+            self.learning_rate_sum = float(saved.get("learning_rate_sum", fallback))
         elif state.global_step > 0:
             logger.warning("Resuming from a checkpoint without hf_critical switch state: the detector starts afresh.")
             self.learning_rate_sum = 0.0

@@ -74,12 +74,13 @@ def test_default_fire_epoch_does_not_depend_on_steps_per_epoch():
     assert None not in fires and max(fires) / min(fires) - 1 <= 0.15, fires
 
 
-def test_plateau_rarely_fires_on_a_detectable_noisy_trend():
+@pytest.mark.parametrize("make", [RATE, PLATEAU], ids=["rate", "plateau"])
+def test_noisy_detectable_trends_rarely_fire(make):
     # The noise of real single-pair confusion logs; a trend of 3 standard errors of a quarter-epoch
     # mean per quarter epoch, falling as confusion does.
     plan = Plan(8, 2, 60)
     trend = noisy_trend(-detectable_slope(SINGLE_PAIR_NOISE, plan), SINGLE_PAIR_NOISE)
-    fired = sum(simulate(PLATEAU, trend, plan, seed=seed) is not None for seed in range(40))
+    fired = sum(simulate(make, trend, plan, seed=seed) is not None for seed in range(40))
     assert fired <= 4, f"{fired}/40 false fires"
 
 
@@ -106,3 +107,19 @@ def test_clean_knee_delay_is_a_fraction_of_the_time_constant():
         fire, knee = simulate(RATE, stream, plan), stream.knee_epoch(plan)
         assert fire is not None and 0 <= (fire - knee) / tau <= 1.0, (tau, fire, knee)
         assert not math.isnan(fire)
+
+
+def test_bench_script_prints_a_scorecard(capsys):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["detectors.py", "--quick", "--seeds", "2", "--only", "rate,fraction"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks" / "detectors.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "| clean steady growth: fired | 0/12 | 12/12 |" in out

@@ -179,3 +179,34 @@ def test_options_are_declared_once_and_parsed_generically():
         build_detector("rate", threshold=0.1)
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_detector_options("{patience: 3}")
+
+
+def test_replay_follows_the_logged_learning_rate_like_the_live_run():
+    """study.replay_detector feeds the rate rule the learning rates recovered from learning_rate_sum."""
+    from hf_critical.study import learning_rates_from_records, replay_detector
+
+    spe, epochs = 8, 60
+    total = spe * epochs
+    t = np.arange(total) / total
+    rates = 1e-3 * 0.5 * (1 + np.cos(math.pi * t))
+    sums = np.cumsum(rates)
+    u = sums / 1e-3 / spe
+    records = [
+        {"step": s, "epoch": s / spe, "learning_rate_sum": float(sums[s - 1]),
+         LR: {"value": float(1 - math.exp(-u[s - 1] / 5.0))}}
+        for s in range(2, total + 1, 2)
+    ]
+    recovered = learning_rates_from_records(records, total)
+    assert len(recovered) == total
+    assert np.allclose(np.cumsum(recovered)[1::2], sums[1::2])  # exact at every measured step
+    live = _configured(RateDetector(), spe, epochs)
+    live.max_steps = total
+    fired_live = None
+    for s in range(1, total + 1):
+        measured = {LR: records[s // 2 - 1][LR]["value"]} if s % 2 == 0 else None
+        if live.update(s, s / spe, measured, learning_rate=float(recovered[s - 1])):
+            fired_live = s
+            break
+    assert fired_live is not None
+    assert replay_detector(records, spe, epochs, "rate") == fired_live
+    assert learning_rates_from_records([{"step": 2}], total) is None
