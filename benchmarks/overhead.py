@@ -514,7 +514,7 @@ def markdown_report(results: list[ModelResult], options: argparse.Namespace) -> 
         lines.append(
             f"- `{spec.name}`: {spec.description}, batch {spec.batch_size}, {result.weights_mib:.1f} MiB of weights; "
             f"{steps} steps per run, timed steps {first_timed}–{steps}, of which `default` measures at "
-            f"{measured} of them (each measurement also costs the step before it: half-batch passes and a gradient copy)."
+            f"{measured} of them (each measurement also costs the step before it: the split passes for confusion and keeping its gradient)."
         )
     return "\n".join(lines) + "\n"
 
