@@ -1,7 +1,7 @@
 """GPU benchmark: overhead of the metrics, k=4 against k=1 compute, and peak memory, for BERT-base and ViT-B/16.
 
 Run from the repository root on a machine with one GPU (needs only torch, transformers, accelerate and
-hf_critical itself; about 5 minutes on an H100-class GPU with the defaults)::
+hf_critical itself; meant to fit in 8 minutes with the defaults, not yet timed on a GPU)::
 
     python benchmarks/gpu.py --output gpu.md
     python benchmarks/gpu.py --tiny --steps 6 --reps 1 --no-bf16    # the CPU smoke test's sizes
