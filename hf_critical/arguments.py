@@ -69,6 +69,14 @@ class CriticalPeriodArguments(TrainingArguments):
             "logged as the mean and the minimum. More chunks: less noise, m-1 gradient copies held on that step."
         },
     )
+    dynamics_sketch_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Bounded memory for large models: keep a fixed random sketch (CountSketch) of this many floats per "
+            "layer instead of the full gradient (predictability) and initial weights (rotation); errors of order "
+            "sqrt(2/d) (hf_critical.sketch). Default None: exact metrics."
+        },
+    )
     dynamics_initial_weights: str = field(
         default="disk",
         metadata={
@@ -152,6 +160,9 @@ class CriticalPeriodArguments(TrainingArguments):
         if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 2:
             raise ValueError(f"`dynamics_confusion_chunks` must be an integer >= 2, got {chunks!r}")
         validate_layer_selection(self.dynamics_layers)
+        sketch = self.dynamics_sketch_dim
+        if sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1):
+            raise ValueError(f"`dynamics_sketch_dim` must be a positive integer (floats per layer) or None, got {sketch!r}")
         if self.detector not in DETECTOR_NAMES:
             raise ValueError(f"`detector` must be one of {list(DETECTOR_NAMES)}, got {self.detector!r}")
         self.detector_options = parse_detector_options(self.detector_options) or None

