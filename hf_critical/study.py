@@ -1479,7 +1479,8 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if not any(e["task"] == task.name for e in summary):
             continue
         lines += [f"## {task.name}", "", markdown_table(summary, task.name), ""]
-        sweep = fraction_table(summary, task.name)
+        # Only a task with arms at fractions of the run has a sweep (its `full` alone is not one).
+        sweep = fraction_table(summary, task.name) if any(arm.fraction is not None for arm in task.arms) else ""
         if sweep:
             lines += ["Oracle sweep (switch point in % of the run; mean ± std over seeds):", "", sweep, ""]
             for mode in AFTER_SWITCH_MODES:
