@@ -1140,23 +1140,28 @@ def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
     if not fractions:
         return ""
     lines = [
-        "| switch at | clean: accuracy % | clean: train s | augmented: accuracy % | augmented: train s | seeds |",
-        "|---|---|---|---|---|---|",
+        "| switch at | clean: accuracy % | clean: train s | augmented: accuracy % | augmented: train s "
+        "| training rows vs full | seeds (clean/augmented) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for fraction in fractions:
         cells = [f"{100 * fraction:g} %"]
-        seeds = []
+        seeds, rows = [], None
         for mode in AFTER_SWITCH_MODES:
             entry = columns[mode].get(fraction)
             if entry is None:
                 cells += ["–", "–"]
+                seeds.append("–")
                 continue
             seeds.append(str(entry["seeds"]))
+            rows = rows if rows is not None else entry.get("rows_saving")
             cells += [
                 _cell(entry["accuracy"], entry["accuracy_std"], 100, 2),
                 _cell(entry["train_seconds"], entry["train_seconds_std"], 1, 1),
             ]
-        lines.append("| " + " | ".join([*cells, "/".join(dict.fromkeys(seeds))]) + " |")
+        # Rows are exact (the same rows per step for both meanings of k = 1); times are noisy on a shared CPU.
+        cells.append("–" if rows is None else f"{100 * (1 - rows):.0f} %")
+        lines.append("| " + " | ".join([*cells, "/".join(seeds)]) + " |")
     return "\n".join(lines)
 
 
@@ -1509,7 +1514,8 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if not any(e["task"] == task.name for e in summary):
             continue
         lines += [f"## {task.name}", "", markdown_table(summary, task.name), ""]
-        sweep = fraction_table(summary, task.name)
+        # Only a task with arms at fractions of the run has a sweep (its `full` alone is not one).
+        sweep = fraction_table(summary, task.name) if any(arm.fraction is not None for arm in task.arms) else ""
         if sweep:
             lines += ["Oracle sweep (switch point in % of the run; mean ± std over seeds):", "", sweep, ""]
             for mode in AFTER_SWITCH_MODES:

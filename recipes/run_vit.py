@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 config = AutoConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir, **labels)
             except OSError as err:
                 raise ValueError(
-                    f"`config_name` {model_args.config_name!r} is neither a small model config ({', '.join(SMALL_MODEL_CONFIGS)}) "
+                    f"`config_name` {model_args.config_name!r} is neither a small ViT config or ResNet config ({', '.join(SMALL_MODEL_CONFIGS)}) "
                     f"nor a config folder or Hub id that loads ({type(err).__name__}: {str(err)[:200]})"
                 ) from None
         else:

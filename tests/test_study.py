@@ -283,8 +283,10 @@ def test_the_fraction_sweep_has_one_curve_per_meaning_of_one_copy_with_shared_en
     assert study.best_fraction(clean)[0] == 1.0 and study.best_fraction(augmented[:2])[0] == 0.1
     assert study.best_fraction([]) is None
     table = study.fraction_table(summary, "t").splitlines()
-    assert table[2] == "| 0 % | 90.00 | 20.0 | 91.00 | 21.0 | 3 |"
-    assert table[-1] == "| 100 % | 94.00 ± 1.00 | 60.0 | 94.00 ± 1.00 | 60.0 | 3 |"
+    assert table[2] == "| 0 % | 90.00 | 20.0 | 91.00 | 21.0 | – | 3/3 |"
+    assert table[-1] == "| 100 % | 94.00 ± 1.00 | 60.0 | 94.00 ± 1.00 | 60.0 | – | 3/3 |"
+    with_rows = [dict(e, rows_saving=0.75 if e["arm"] == "none" else 0.0) for e in summary]
+    assert study.fraction_table(with_rows, "t").splitlines()[2].endswith("| 25 % | 3/3 |")
     assert os.path.isfile(study.plot_fraction_oracle(summary, "t", str(tmp_path / "f.png")))
     with pytest.raises(ValueError, match="`mode` must be one of"):
         study.fraction_points(summary, "t", "noisy")
