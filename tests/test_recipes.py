@@ -401,7 +401,7 @@ def test_run_vit_rejects_bad_input(run_vit, tmp_path):
     validation_dir = write_image_folder(tmp_path / "val", {"cat": 1, "bird": 1})
     with pytest.raises(ValueError, match=r"class folder\(s\) \['bird'\] have no training images"):
         run_vit.main([*base, "--train_dir", train_dir, "--validation_dir", validation_dir])
-    with pytest.raises(ValueError, match="`config_name` 'vit-huge' is neither a small model config"):
+    with pytest.raises(ValueError, match="`config_name` 'vit-huge' is neither a small ViT config"):
         run_vit.main([*base, "--dataset_name", "sklearn_digits", "--config_name", "vit-huge"])
     with pytest.raises(ValueError, match="`augment_policy` must be one of"):
         run_vit.main([*base, "--dataset_name", "sklearn_digits", "--augment_policy", "mixup"])
