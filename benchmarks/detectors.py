@@ -96,12 +96,9 @@ def scorecard(make: Callable[[], object], seeds: int, quick: bool) -> dict[str, 
     row["knee delay, epochs (median)"] = _fmt(statistics.median(delays) if delays else None)
     row["knee delay / tau (min..max)"] = f"{min(delays_tau):.2f}..{max(delays_tau):.2f}" if delays_tau else "never"
     row["fired before the knee"] = f"{early}/{len(delays)}" if delays else "-"
-    a, b = fires.get(("saturating", 5)), fires.get(("saturating", 20)) if not quick else None
-    if quick:
-        a, b = fires.get(("saturating", 2)), fires.get(("saturating", 10))
-        row["fire(5 tau) / fire(tau)"] = _fmt(b / a if a and b else None)
-    else:
-        row["fire(4 tau) / fire(tau)"] = _fmt(b / a if a and b else None)
+    short, long = (2, 10) if quick else (5, 20)
+    a, b = fires.get(("saturating", short)), fires.get(("saturating", long))
+    row[f"fire({long // short} tau) / fire(tau)"] = _fmt(b / a if a and b else None)
     row["sqrt growth (no time scale) fires at"] = _fmt(simulate(make, sqrt_growth(), Plan(8, 2, 60)), 1)
     # 3. Invariances on exp(tau=5).
     stream = saturating(5)

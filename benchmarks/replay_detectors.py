@@ -1,12 +1,18 @@
 """Replay detectors on the study's committed full-arm metric logs: where would each one have fired?
 
     python benchmarks/replay_detectors.py [recipes/configs/study_testbeds.yaml] [--tasks a,b]
+    python benchmarks/replay_detectors.py --run OUTPUT_DIR [--run OUTPUT_DIR ...]   # finished recipe runs
 
 Before its switch a detector's run *is* the full arm (same seed, data and augmentations), so feeding
 a full arm's ``dynamics.jsonl`` to a detector, step by step as `CriticalPeriodCallback` does, gives
 the step it fires at without training again (`hf_critical.study.replay_detector`). Logs written
 before the learning rate was recorded get it from the task's schedule (transformers' own scheduler,
 same arguments). Output: a markdown table of fire epochs (and % of the run) per task and detector.
+
+With ``--run``, each finished recipe run (its ``dynamics.jsonl`` and ``trainer_state.json``) is
+replayed instead, and the noise of each metric about its trend is printed: the robust standard
+deviation of successive differences over sqrt(2) (1.4826 times their median absolute deviation),
+with the metric's mean in the first and last quarter of the run.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 import yaml
 from transformers import get_scheduler
 
-from hf_critical.study import config_from_dict, read_dynamics_file, replay_detector
+from hf_critical.study import config_from_dict, read_dynamics_file, replay_detector, steps_per_epoch_of
+
+METRICS = ("gradient_confusion", "gradient_predictability", "layer_rotation")
 
 DETECTORS = {
     "rate": ("rate", {}),
@@ -47,11 +56,52 @@ def schedule(args: dict, total_steps: int) -> list[float]:
     return rates
 
 
+def noise(records: list[dict], metric: str) -> tuple[float, float, float, int] | None:
+    """(robust std about the trend, mean of the first quarter, of the last quarter, pairs per value) of a metric."""
+    values = [r[metric]["value"] for r in records if isinstance(r.get(metric), dict) and r[metric].get("value") is not None]
+    if len(values) < 8:
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    d = np.diff(v)
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
+    quarter = len(v) // 4
+    pairs = next((r[metric].get("num_pairs") for r in records if isinstance(r.get(metric), dict) and r[metric].get("num_pairs")), 0)
+    return sigma, float(v[:quarter].mean()), float(v[-quarter:].mean()), int(pairs or 0)
+
+
+def replay_runs(folders: list[str]) -> None:
+    """Fire epochs of every detector, and each metric's noise, on finished recipe runs."""
+    print("| run | steps/epoch | epochs | " + " | ".join(DETECTORS) + " |")
+    print("|---|---|---|" + "---|" * len(DETECTORS))
+    noise_rows = []
+    for folder in folders:
+        records = read_dynamics_file(os.path.join(folder, "dynamics.jsonl"))
+        steps_per_epoch, epochs = steps_per_epoch_of(folder)
+        total = math.ceil(steps_per_epoch * epochs)
+        cells = []
+        for detector, options in DETECTORS.values():
+            step = replay_detector(records, steps_per_epoch, epochs, detector, **options)  # rates from the log
+            cells.append("never" if step is None else f"{step / steps_per_epoch:.2f} ({step / total:.0%})")
+        print(f"| {os.path.basename(os.path.normpath(folder))} | {steps_per_epoch} | {epochs:g} | " + " | ".join(cells) + " |")
+        for metric in METRICS:
+            stats = noise(records, metric)
+            if stats is not None:
+                noise_rows.append((os.path.basename(os.path.normpath(folder)), metric, *stats))
+    print("\n| run | metric | pairs | robust std about the trend | mean, first quarter | mean, last quarter |")
+    print("|---|---|---|---|---|---|")
+    for run, metric, sigma, first, last, pairs in noise_rows:
+        print(f"| {run} | {metric} | {pairs or '-'} | {sigma:.3f} | {first:.3f} | {last:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="recipes/configs/study_testbeds.yaml")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: every logged one)")
+    parser.add_argument("--run", action="append", default=None, help="a finished recipe run's output_dir (repeatable)")
     args = parser.parse_args(argv)
+    if args.run:
+        replay_runs(args.run)
+        return 0
     with open(args.config, encoding="utf-8") as fh:
         config = config_from_dict(yaml.safe_load(fh))
     logs_dir = os.path.join(config.results_dir or config.output_dir, "dynamics")

@@ -36,6 +36,14 @@ def validate_every_n_steps(value: object, field_name: str = "dynamics_every_n_st
     return value
 
 
+def validate_confusion_chunks(value: object, field_name: str = "dynamics_confusion_chunks") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(
+            f"`{field_name}` must be an integer >= 2 (chunks of the measured batch for gradient confusion), got {value!r}"
+        )
+    return value
+
+
 @dataclass
 class CriticalPeriodArguments(TrainingArguments):
     """`transformers.TrainingArguments` plus the settings of the training-dynamics measurement.
@@ -156,9 +164,7 @@ class CriticalPeriodArguments(TrainingArguments):
         super().__post_init__()
         self.dynamics_metrics = normalize_metric_names(self.dynamics_metrics)
         validate_every_n_steps(self.dynamics_every_n_steps)
-        chunks = self.dynamics_confusion_chunks
-        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 2:
-            raise ValueError(f"`dynamics_confusion_chunks` must be an integer >= 2, got {chunks!r}")
+        validate_confusion_chunks(self.dynamics_confusion_chunks)
         validate_layer_selection(self.dynamics_layers)
         sketch = self.dynamics_sketch_dim
         if sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1):
@@ -197,7 +203,7 @@ class CriticalPeriodArguments(TrainingArguments):
         except (TypeError, ValueError) as err:
             raise ValueError(f"invalid options for detector {self.detector!r}: {err}") from None
         watched = getattr(detector, "metric", None)
-        if watched is not None and self.detector != "stability" and watched not in self.dynamics_metrics:
+        if watched is not None and watched not in self.dynamics_metrics:
             raise ValueError(
                 f"detector {self.detector!r} watches {watched!r}, which must also be in `dynamics_metrics` "
                 f"{self.dynamics_metrics} to be measured (or choose another `detector`, e.g. 'fraction' or 'never')"

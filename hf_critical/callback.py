@@ -39,6 +39,7 @@ from .arguments import (
     INITIAL_WEIGHTS_STORAGE,
     METRIC_NAMES,
     normalize_metric_names,
+    validate_confusion_chunks,
     validate_every_n_steps,
 )
 from .gradient_snapshot import GradientKeeper
@@ -109,13 +110,9 @@ class DynamicsCallback(TrainerCallback):
         self._sketch_keys: dict[str, tuple[int, int, int, int]] = {}
         self._initial_sketches: dict[str, torch.Tensor] = {}
         self._rotation_keys: dict[str, tuple[int, int, int, int]] = {}
-        if isinstance(confusion_chunks, bool) or not isinstance(confusion_chunks, int) or confusion_chunks < 2:
-            raise ValueError(
-                f"`confusion_chunks` must be an integer >= 2 (chunks of the measured batch), got {confusion_chunks!r}"
-            )
         #: Chunks of distinct samples the measured step's batch is split into for gradient confusion
         #: (without gradient accumulation): all their pairs are compared.
-        self.confusion_chunks = confusion_chunks
+        self.confusion_chunks = validate_confusion_chunks(confusion_chunks, "confusion_chunks")
         self.every_n_steps = validate_every_n_steps(every_n_steps, "every_n_steps")
         validate_layer_selection(layers, "layers")
         self.layers = layers

@@ -4,7 +4,6 @@ where they must not fire, must not care, and must move."""
 from __future__ import annotations
 
 import logging
-import math
 
 import pytest
 
@@ -106,7 +105,6 @@ def test_clean_knee_delay_is_a_fraction_of_the_time_constant():
         stream = saturating(tau)
         fire, knee = simulate(RATE, stream, plan), stream.knee_epoch(plan)
         assert fire is not None and 0 <= (fire - knee) / tau <= 1.0, (tau, fire, knee)
-        assert not math.isnan(fire)
 
 
 def test_bench_script_prints_a_scorecard(capsys):

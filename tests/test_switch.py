@@ -187,6 +187,7 @@ def test_augment_arguments_without_augmentation_collator_fail(tmp_path):
         ({"detector": "rate", "detector_options": "nope=1"}, "no option.*nope"),
         ({"detector": "rate", "detector_options": "metric=gradient_confusion", "dynamics_metrics": "layer_rotation"}, "watches 'gradient_confusion'"),
         ({"detector_options": "peak_fraction"}, "has no '='"),
+        ({"dynamics_confusion_chunks": 1}, "dynamics_confusion_chunks"),
     ],
 )
 def test_bad_switch_arguments(tmp_path, overrides, field):
