@@ -17,12 +17,14 @@ stream is its *knee*: the progress at which its rate has fallen below `KNEE_FRAC
 (``None``: it never settles). `benchmarks/detectors.py` prints the scorecard of every detector;
 ``tests/test_detector_bench.py`` holds the properties the default detectors must keep.
 
-Noise levels measured on real logs (``dynamics.jsonl`` of the digits ViT, ``make demo`` settings,
-detector ``never``, a measurement every 2 steps, 2 seeds, 2-core CPU): the robust standard deviation
-of single-pair gradient confusion about its trend is 0.28 and 0.25 (seeds 0 and 1; `SINGLE_PAIR_NOISE` takes 0.28;
-predictability 0.30 and 0.28),
-around means that fall from 0.32 in the first quarter of the run to 0.07 in the last; layer rotation's
-is 0.001 on a rise from 0 to 0.34.
+Noise levels from real logs (``dynamics.jsonl`` of the digits ViT at the ``make demo`` settings,
+detector ``never``, a measurement every 2 steps), printed by ``benchmarks/replay_detectors.py
+--run``: the robust standard deviation of single-pair gradient confusion about its trend was 0.28
+and 0.25 (seeds 0 and 1) in the runs the bench's tables were made with, and 0.26 in a rerun with
+the current augmentation seeding; with the mean over the 6 pairs of 4 chunks, 0.15 and then 0.13.
+The bench takes the noisier values, `SINGLE_PAIR_NOISE` = 0.28 and `MULTI_PAIR_NOISE` = 0.15.
+Confusion's mean falls from about 0.30 in the first quarter of the run to 0.07 in the last; layer
+rotation's noise is 0.001 on a rise from 0 to 0.36.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ __all__ = [
 KNEE_FRACTION = 0.25
 #: Robust std of single-pair gradient confusion about its trend in real logs (see the module docstring).
 SINGLE_PAIR_NOISE = 0.28
-#: The same with confusion averaged over the 6 pairs of 4 chunks of 16 samples (0.147 measured, one seed).
+#: The same with confusion averaged over the 6 pairs of 4 chunks of 16 samples (0.147 and 0.126 in two runs).
 MULTI_PAIR_NOISE = 0.15
 
 METRICS = ("gradient_confusion", "gradient_predictability", "layer_rotation")
