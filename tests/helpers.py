@@ -9,6 +9,11 @@ import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
+#: The test tree mirrors the package (tests/<package>/test_*.py); paths for tests in any folder.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+SCRIPTS_DIR = os.path.join(TESTS_DIR, "scripts")
+
 
 def tiny_bert(
     seed: int = 0, num_labels: int = 2, dropout: float = 0.0, vocab_size: int = 100
