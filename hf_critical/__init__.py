@@ -26,7 +26,7 @@ _EXPORTS = {
     "ImageAugmentationCollator": "augmentation",
     "TextAugmentationCollator": "augmentation",
     "default_text_augmenter": "augmentation",
-    "DynamicsCallback": "callback",
+    "DynamicsCallback": "callbacks",
     "Detector": "detectors",
     "FixedSwitch": "detectors",
     "FractionSwitch": "detectors",
@@ -46,8 +46,9 @@ _EXPORTS = {
     "image_robustness": "robustness",
     "robustness_columns": "robustness",
     "text_robustness": "robustness",
-    "CriticalPeriodCallback": "switch",
+    "CriticalPeriodCallback": "callbacks",
     "CriticalPeriodTrainer": "trainer",
+    "RunState": "state",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -74,7 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         TextAugmentationCollator,
         default_text_augmenter,
     )
-    from .callback import DynamicsCallback
+    from .callbacks import CriticalPeriodCallback, DynamicsCallback
     from .detectors import (
         Detector,
         FixedSwitch,
@@ -91,5 +92,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .metrics import MetricResult, gradient_confusion, gradient_predictability, layer_rotation
     from .names import METRIC_NAMES
     from .robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
-    from .switch import CriticalPeriodCallback
+    from .state import RunState
     from .trainer import CriticalPeriodTrainer

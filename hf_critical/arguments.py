@@ -8,8 +8,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from transformers import TrainingArguments
 
 from .detectors import DETECTORS, build_detector, detector_options_of, parse_detector_options
-from .layers import LAYER_SELECTIONS, validate_layer_selection
-from .names import AUGMENT_MODES, METRIC_NAMES, normalize_metric_names
+from .metrics.layers import LAYER_SELECTIONS, validate_layer_selection
+from .names import AFTER_SWITCH_MODES, AUGMENT_MODES, INITIAL_WEIGHTS_STORAGE, METRIC_NAMES, normalize_metric_names
 
 __all__ = [
     "METRIC_NAMES",
@@ -26,8 +26,6 @@ DEFAULT_EVERY_N_STEPS = 10
 
 #: Detectors selectable by name: the registry of hf_critical.detectors.
 DETECTOR_NAMES = tuple(DETECTORS)
-AFTER_SWITCH_MODES = ("clean", "augmented")
-INITIAL_WEIGHTS_STORAGE = ("disk", "host", "device")
 
 
 def validate_every_n_steps(value: object, field_name: str = "dynamics_every_n_steps") -> int:
