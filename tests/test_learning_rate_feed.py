@@ -7,7 +7,7 @@ import json
 from helpers import common_args, image_dataset, jsonl_path, read_jsonl, tiny_vit
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
-from hf_critical.switch import SWITCH_STATE_KEY
+from hf_critical.names import RUN_STATE_KEY, SWITCH_STATE_KEY
 
 
 def _args(output_dir, **overrides):
@@ -23,8 +23,10 @@ def test_a_checkpoint_from_before_the_learning_rate_feed_resumes(tmp_path):
     state_path = tmp_path / "whole" / "checkpoint-4" / "trainer_state.json"
     state = json.loads(state_path.read_text())
     saved = state["stateful_callbacks"][SWITCH_STATE_KEY]
-    # What 0.1 wrote: no learning-rate sum in the switch state, no max_steps in the detector's.
-    del saved["learning_rate_sum"]
+    # What 0.1 wrote: no RunState entry (the switch state held the switch itself) and no learning-rate sum
+    # anywhere; no max_steps in the detector's state.
+    run = state["stateful_callbacks"].pop(RUN_STATE_KEY)
+    saved["critical_period"] = run["critical_period"]
     del saved["detector"]["attributes"]["max_steps"]
     state_path.write_text(json.dumps(state))
     resumed = CriticalPeriodTrainer(model=tiny_vit(), args=_args(tmp_path / "whole", detector="rate"), train_dataset=data)

@@ -288,7 +288,7 @@ def test_the_exit_handler_destroys_the_default_process_group(tmp_path, monkeypat
 
     import torch.distributed as dist
 
-    from hf_critical import trainer as trainer_module
+    from hf_critical.trainer import guards as trainer_module
 
     registered = []
     monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
