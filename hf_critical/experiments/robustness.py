@@ -502,7 +502,7 @@ def perturb_texts(
     states are restored afterwards), one text at a time (nlpaug flows drop inputs): the same
     copies whatever else is perturbed. A text nlpaug cannot change stays as it is.
     """
-    from .augmentation import _python_numpy_rng
+    from ..augmentation import _python_numpy_rng
 
     if kind not in ("char", "word"):
         raise ValueError(f"`kind` must be 'char' or 'word', got {kind!r}")

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .callback import INITIAL_WEIGHTS_FILE
+from ..callback import INITIAL_WEIGHTS_FILE
 from .energy import EnergyMeasurement, validate_country_iso_code
 from .robustness import epsilon_label
 from .savings import TrainingCostCallback, compute_savings, estimate_cost
@@ -250,7 +250,7 @@ def _environment(trainer: Any) -> dict[str, Any]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     args = trainer.args
     device = str(args.device)
@@ -776,8 +776,8 @@ def finish_run(
     results = redact_secrets(_jsonable(results), secrets)
     paths = {"results": write_results(os.path.join(output_dir, reporting.results_file), results, secrets)}
 
-    from .callback import DYNAMICS_FILE
-    from .plotting import plot_dynamics
+    from ..callback import DYNAMICS_FILE
+    from ..plotting import plot_dynamics
 
     jsonl = os.path.join(output_dir, DYNAMICS_FILE)
     period = results["critical_period"]
