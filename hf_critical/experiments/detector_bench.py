@@ -5,7 +5,7 @@ optimizer step, with the metric values on measured steps (every ``every`` steps)
 the others. :func:`simulate` does the same with a synthetic stream, so any detector (ours or a
 user's) can be checked against curves whose end of movement is known::
 
-    from hf_critical.detector_bench import Plan, saturating, simulate
+    from hf_critical.experiments.detector_bench import Plan, saturating, simulate
     stream = saturating(tau=5.0)
     fired = simulate(lambda: build_detector("rate"), stream, Plan(steps_per_epoch=8, every=2, epochs=60))
     print(fired, stream.knee_epoch(Plan(8, 2, 60)))

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .imports import install_hint
+
 __all__ = [
     "EnergyMeasurement",
     "EnergyReport",
@@ -45,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install codecarbon"
+INSTALL_HINT = install_hint("codecarbon")
 
 #: codecarbon CPU modes that read a hardware energy counter; the others (``cpu_load``, ``constant``) are models.
 MEASURED_CPU_MODES = ("intel_rapl", "intel_power_gadget", "windows_emi")
@@ -54,7 +56,10 @@ RAPL_DIR = "/sys/class/powercap"
 
 
 def is_codecarbon_available() -> bool:
-    return importlib.util.find_spec("codecarbon") is not None
+    try:
+        return importlib.util.find_spec("codecarbon") is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a module without a spec
+        return False
 
 
 def require_codecarbon() -> None:

@@ -2,7 +2,7 @@
 
 ``evaluate.load("glue", "sst2")`` and ``evaluate.load("accuracy")`` fetch their scripts from the
 Hub (or its cache) and fail offline. `load_metric` tries that first and falls back to the copies in
-``hf_critical/evaluate_modules/``, loaded by path (``evaluate.load(<folder>)``), which give the same
+``hf_critical/experiments/evaluate_modules/``, loaded by path (``evaluate.load(<folder>)``), which give the same
 result keys. The returned `LoadedMetric` says which one scores (``source`` "hub" or "local"); the
 recipes log it and store ``LoadedMetric.describe()`` in the results JSON under ``run.metric``.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .glue import GlueTask, get_glue_task
+from .imports import require
 
 __all__ = [
     "METRIC_MODULES",
@@ -44,18 +45,24 @@ def metric_module_path(name: str) -> str:
     return os.path.join(_MODULES_DIR, name)
 
 
+#: What the shipped copies import besides `evaluate` and `datasets` (checked before loading one).
+_SHIPPED_MODULE_NEEDS = {"glue": ("sklearn",), "accuracy": ()}
+
+
 def _evaluate():
-    try:
-        import evaluate
-    except ImportError as err:
-        raise ImportError("hf_critical's metrics need the `evaluate` package: pip install evaluate") from err
-    return evaluate
+    return require("evaluate", "hf_critical's metrics")
+
+
+def _load_shipped(evaluate, name: str, config_name: str | None):
+    for module in _SHIPPED_MODULE_NEEDS[name]:
+        require(module, f"the {name} metric shipped with hf_critical")
+    return evaluate.load(metric_module_path(name), config_name)
 
 
 def load_local_metric(name: str, config_name: str | None = None):
     """``evaluate.load`` of the module shipped with hf_critical, by path (works offline)."""
-    path = metric_module_path(name)
-    return _evaluate().load(path, config_name)
+    metric_module_path(name)  # checks the name before anything is imported
+    return _load_shipped(_evaluate(), name, config_name)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ def load_metric(name: str, config_name: str | None = None, prefer_hub: bool = Tr
         else:
             logger.info("metric %s: evaluate's Hub module", label)
             return LoadedMetric(module, name, config_name, source="hub", location=name)
-    module = evaluate.load(path, config_name)
+    module = _load_shipped(evaluate, name, config_name)
     if hub_error is not None:
         logger.warning(
             "metric %s: evaluate.load(%r) failed (%s); using the copy shipped with hf_critical (%s)",

@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["GLUE_TASKS", "GlueTask", "get_glue_task", "read_glue_file", "load_glue_files"]
+__all__ = ["FILE_EXTENSIONS", "GLUE_TASKS", "GlueTask", "get_glue_task", "read_glue_file", "load_glue_files"]
 
 
 @dataclass(frozen=True)

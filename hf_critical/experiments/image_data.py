@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .imports import require
+
 __all__ = [
     "SKLEARN_DIGITS",
     "UNREADABLE_IMAGES",
@@ -53,9 +55,7 @@ def _images_dataset(images: np.ndarray, labels: np.ndarray, class_names: Sequenc
 
 def load_sklearn_digits():
     """scikit-learn's digits as one `datasets.Dataset`: 8x8x1 float images in [0, 1], labels 0-9."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = require("sklearn.datasets", "the scikit-learn digits").load_digits()
     images = (digits.images.astype(np.float32) / 16.0)[..., None]
     return _images_dataset(images, digits.target, [str(i) for i in range(10)])
 

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .imports import require
+
 __all__ = [
     "DEFAULT_IMAGE_EPSILONS",
     "DEFAULT_TEXT_EPSILONS",
@@ -446,7 +448,7 @@ def robustness_for_images(
 ) -> dict[str, Any]:
     """`image_robustness` on the seeded subset of ``dataset`` (an ``image`` and a ``label`` column).
 
-    The images go through `hf_critical.image_data.ImageTransform` without normalisation (pixels
+    The images go through `hf_critical.experiments.image_data.ImageTransform` without normalisation (pixels
     in [0, 1], resized and with the model's channels); the attacks normalise with mean / std.
     """
     from .image_data import ImageTransform
@@ -471,8 +473,9 @@ def robustness_for_images(
 
 
 def _text_augmenter(kind: str, edits: int, action: str | None = None):
-    import nlpaug.augmenter.char as nac  # slow import (pulls in transformers): only when used
-    import nlpaug.augmenter.word as naw
+    # A slow import (it pulls in transformers): only when used.
+    nac = require("nlpaug.augmenter.char", "the text robustness attacks")
+    naw = require("nlpaug.augmenter.word", "the text robustness attacks")
 
     if kind == "char":
         # One typo in each of up to `edits` words (words of 4+ characters, nlpaug's default).
