@@ -163,7 +163,7 @@ def plot_dynamics(
         import matplotlib
     except ImportError as err:
         raise ImportError(
-            "plotting the dynamics needs matplotlib, which is not installed: pip install matplotlib "
+            "plotting the dynamics: matplotlib is not installed; pip install matplotlib "
             "(or pip install 'hf-critical[experiments]')"
         ) from err
     matplotlib.use("Agg")

@@ -66,8 +66,8 @@ def require_codecarbon() -> None:
     """Raise an ImportError that names the pip command when codecarbon is missing."""
     if not is_codecarbon_available():
         raise ImportError(
-            f"energy tracking needs codecarbon, which is not installed: {INSTALL_HINT} "
-            "(or turn energy tracking off, e.g. `--track_energy false` in the recipes)"
+            f"energy tracking needs codecarbon, which is not installed: {INSTALL_HINT}; "
+            "or turn energy tracking off (`--track_energy false` in the recipes)"
         )
 
 

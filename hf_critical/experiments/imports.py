@@ -55,4 +55,4 @@ def require(module: str, purpose: str) -> ModuleType:
         if err.name is not None and err.name.partition(".")[0] != top:
             raise  # the package is there but one of its own dependencies is not: its error says which
         distribution = OPTIONAL_PACKAGES[top][0]
-        raise ImportError(f"{purpose} needs {distribution}, which is not installed: {install_hint(module)}") from err
+        raise ImportError(f"{purpose}: {distribution} is not installed; {install_hint(module)}") from err
