@@ -15,7 +15,7 @@ learning rate ``u`` is the epoch; under a decaying schedule metric increments ar
 the learning rate, as they are for a cumulative metric such as layer rotation. The truth of a
 stream is its *knee*: the progress at which its rate has fallen below `KNEE_FRACTION` of its peak
 (``None``: it never settles). `benchmarks/detectors.py` prints the scorecard of every detector;
-``tests/test_detector_bench.py`` holds the properties the default detectors must keep.
+``tests/experiments/test_detector_bench.py`` holds the properties the default detectors must keep.
 
 Noise levels from real logs (``dynamics.jsonl`` of the digits ViT at the ``make demo`` settings,
 detector ``never``, a measurement every 2 steps), printed by ``benchmarks/replay_detectors.py
