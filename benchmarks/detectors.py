@@ -1,4 +1,4 @@
-"""Scorecard of every detector on synthetic metric streams with known answers (hf_critical.detector_bench).
+"""Scorecard of every detector on synthetic metric streams with known answers (hf_critical.experiments.detector_bench).
 
     python benchmarks/detectors.py [--seeds 40] [--quick] [--tradeoff]
 
@@ -19,7 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from hf_critical.detector_bench import (
+from hf_critical import build_detector
+from hf_critical.experiments import (
     MULTI_PAIR_NOISE,
     SINGLE_PAIR_NOISE,
     Plan,
@@ -33,7 +34,6 @@ from hf_critical.detector_bench import (
     simulate,
     sqrt_growth,
 )
-from hf_critical.detectors import build_detector
 
 #: name in the table -> detector factory. Metric-watching rules see the same stream under every name.
 DETECTORS: dict[str, Callable[[], object]] = {

@@ -22,9 +22,14 @@ import torch
 from datasets import Dataset
 from transformers import ViTForImageClassification
 
-from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator
-from hf_critical.detectors import FixedSwitch, NeverSwitch
-from hf_critical.vit_configs import small_vit_config
+from hf_critical import (
+    CriticalPeriodArguments,
+    CriticalPeriodTrainer,
+    FixedSwitch,
+    ImageAugmentationCollator,
+    NeverSwitch,
+)
+from hf_critical.experiments import small_vit_config
 
 
 def digits(seed: int, train: int = 500):

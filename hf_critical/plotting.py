@@ -159,8 +159,13 @@ def plot_dynamics(
 
     k_steps, k_vals = copies_line(records, switch_step)
 
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(
+            "plotting the dynamics: matplotlib is not installed; pip install matplotlib "
+            "(or pip install 'hf-critical[experiments]')"
+        ) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

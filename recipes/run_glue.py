@@ -14,7 +14,7 @@ JSON file holding every argument: ``python recipes/run_glue.py args.yaml``.
 
 Scores with GLUE's metric for the task through ``evaluate``: the Hub module
 (``evaluate.load("glue", task)``) when it loads, else the copy shipped in
-``hf_critical/evaluate_modules/`` (offline); the log, the summary and the results JSON
+``hf_critical/experiments/evaluate_modules/`` (offline); the log, the summary and the results JSON
 (``run.metric``) say which.
 
 The collator makes k = ``--augment_copies`` (default 4) augmented copies of every training
@@ -53,18 +53,22 @@ from hf_critical import (
     default_text_augmenter,
 )
 from hf_critical.augmentation import TokenSpanCutoff
-from hf_critical.energy import track_energy
-from hf_critical.evaluation import glue_compute_metrics
-from hf_critical.glue import FILE_EXTENSIONS, GLUE_TASKS, get_glue_task, load_glue_files
-from hf_critical.reporting import (
+from hf_critical.experiments import (
+    FILE_EXTENSIONS,
+    GLUE_TASKS,
     ReportingArguments,
+    RobustnessArguments,
+    TrainingCostCallback,
     defer_hub_push,
     finish_run,
+    get_glue_task,
+    glue_compute_metrics,
+    load_glue_files,
     parse_recipe_arguments,
     resume_argument,
+    robustness_for_text,
+    track_energy,
 )
-from hf_critical.robustness import RobustnessArguments, robustness_for_text
-from hf_critical.savings import TrainingCostCallback
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ an image folder, one sub-folder per class (``train/cat/001.png``): ``--train_dir
 ``--dataset_name <name>`` with ``--image_column_name`` / ``--label_column_name``. A pretrained
 model: ``--model_name_or_path <folder or Hub id>`` (its image processor gives the normalisation);
 a small ViT from scratch: ``--config_name vit-digits|vit-cifar|vit-tiny`` (see
-``hf_critical.vit_configs``) or ``--config_overrides``.
+``hf_critical.experiments.vit_configs``) or ``--config_overrides``.
 
 Until the detector fires every image gives k = ``--augment_copies`` (default 4) rows augmented
 with ``--augment_policy`` (trivial, rand, crop_flip, affine; by default on the training device);
@@ -50,30 +50,30 @@ from transformers import (
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator
 from hf_critical.augmentation import IMAGE_POLICIES
-from hf_critical.energy import track_energy
-from hf_critical.evaluation import accuracy_compute_metrics
-from hf_critical.image_data import (
+from hf_critical.experiments import (
     SKLEARN_DIGITS,
+    SMALL_MODEL_CONFIGS,
     UNREADABLE_IMAGES,
     ImageTransform,
+    ReportingArguments,
+    RobustnessArguments,
+    TrainingCostCallback,
+    accuracy_compute_metrics,
     check_images,
+    defer_hub_push,
+    finish_run,
     load_image_folder,
     load_npz_images,
     load_sklearn_digits,
     normalized_value_range,
-    select_classes,
-    split_train_validation,
-)
-from hf_critical.reporting import (
-    ReportingArguments,
-    defer_hub_push,
-    finish_run,
     parse_recipe_arguments,
     resume_argument,
+    robustness_for_images,
+    select_classes,
+    small_model_config,
+    split_train_validation,
+    track_energy,
 )
-from hf_critical.robustness import RobustnessArguments, robustness_for_images
-from hf_critical.savings import TrainingCostCallback
-from hf_critical.vit_configs import SMALL_MODEL_CONFIGS, small_model_config
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import REPO_ROOT
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+BENCHMARKS = os.path.join(REPO_ROOT, "benchmarks")
 
 
 def _run(tmp_path, monkeypatch, *models):

@@ -10,23 +10,11 @@ import huggingface_hub
 import pytest
 
 from hf_critical import CriticalPeriodArguments
-from hf_critical.reporting import (
-    CARD_BEGIN,
-    REDACTED,
-    HubPushError,
-    HubPushRequest,
-    ReportingArguments,
-    defer_hub_push,
-    is_secret_name,
-    k_schedule,
-    model_card_section,
-    push_outputs,
-    redact_secrets,
-    summary_lines,
-    update_model_card,
-    write_results,
-)
-from hf_critical.savings import compute_savings
+from hf_critical.experiments.hub import HubPushError, HubPushRequest, defer_hub_push, push_outputs
+from hf_critical.experiments.model_card import CARD_BEGIN, model_card_section, summary_lines, update_model_card
+from hf_critical.experiments.redaction import REDACTED, is_secret_name, redact_secrets
+from hf_critical.experiments.results import ReportingArguments, k_schedule, write_results
+from hf_critical.experiments.savings import compute_savings
 
 ARG_TOKEN = "hf_FakeArgumentToken1234567890"
 ENV_TOKEN = "hf_FakeEnvironmentToken0987654321"

@@ -8,7 +8,7 @@ import pytest
 from helpers import common_args, sentence_dataset, tiny_bert, tiny_tokenizer
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, TextAugmentationCollator
-from hf_critical.savings import COST_STATE_KEY, TrainingCostCallback, compute_savings, estimate_cost
+from hf_critical.experiments.savings import COST_STATE_KEY, TrainingCostCallback, compute_savings, estimate_cost
 
 
 def steps(rows, seconds):

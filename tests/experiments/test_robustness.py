@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_bert, tiny_tokenizer, tiny_vit
+from helpers import REPO_ROOT, tiny_bert, tiny_tokenizer, tiny_vit
 
-from hf_critical.reporting import model_card_section, summary_lines
-from hf_critical.robustness import (
+from hf_critical.experiments.model_card import model_card_section, summary_lines
+from hf_critical.experiments.robustness import (
     RobustnessArguments,
     epsilon_label,
     image_robustness,
@@ -28,7 +28,6 @@ from hf_critical.robustness import (
     text_robustness,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = [0.5], [0.5]
 GOOD = ["the film is good", "a very good movie", "good plot", "the movie was good fun", "good"]
 BAD = ["the film is bad", "a very bad movie", "bad plot", "the movie was bad", "bad"]
@@ -395,7 +394,7 @@ def test_model_card_and_summary_show_the_robustness_table():
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(ROOT, "recipes", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(REPO_ROOT, "recipes", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

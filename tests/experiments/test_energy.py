@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hf_critical import energy
-from hf_critical.energy import (
+from hf_critical.experiments import energy
+from hf_critical.experiments.energy import (
     power_counters,
     report_from_tracker,
     require_codecarbon,
@@ -173,7 +173,7 @@ def test_real_codecarbon_tracker_writes_no_file(tmp_path, monkeypatch):
 def test_default_tracker_measures_the_whole_machine():
     """One tracker on the main process covers every local rank: codecarbon's machine mode, set explicitly."""
     pytest.importorskip("codecarbon")
-    from hf_critical.energy import _default_tracker
+    from hf_critical.experiments.energy import _default_tracker
 
     tracker = _default_tracker("FRA", "hf_critical-test")
     assert tracker._tracking_mode == "machine"

@@ -1,13 +1,16 @@
-"""Properties of the trend detectors on the synthetic bench (hf_critical.detector_bench): null models
+"""Properties of the trend detectors on the synthetic bench (hf_critical.experiments.detector_bench): null models
 where they must not fire, must not care, and must move."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
+from helpers import REPO_ROOT
 
-from hf_critical.detector_bench import (
+from hf_critical import build_detector
+from hf_critical.experiments.detector_bench import (
     KNEE_FRACTION,
     SINGLE_PAIR_NOISE,
     Plan,
@@ -19,7 +22,6 @@ from hf_critical.detector_bench import (
     saturating,
     simulate,
 )
-from hf_critical.detectors import build_detector
 
 RATE = lambda: build_detector("rate")  # the default of CriticalPeriodArguments
 PLATEAU = lambda: build_detector("plateau")
@@ -115,7 +117,7 @@ def test_bench_script_prints_a_scorecard(capsys):
     sys.argv = ["detectors.py", "--quick", "--seeds", "2", "--only", "rate,fraction"]
     try:
         with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks" / "detectors.py"), run_name="__main__")
+            runpy.run_path(os.path.join(REPO_ROOT, "benchmarks", "detectors.py"), run_name="__main__")
     finally:
         sys.argv = argv
     assert exit_info.value.code == 0

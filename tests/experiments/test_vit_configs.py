@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_critical.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
+from hf_critical.experiments.vit_configs import SMALL_VIT_CONFIGS, small_vit_config
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_VIT_CONFIGS))

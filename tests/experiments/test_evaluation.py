@@ -8,11 +8,12 @@ import os
 import evaluate
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 from transformers import EvalPrediction
 
-from hf_critical.evaluation import (
+from hf_critical.experiments.evaluation import (
     accuracy_compute_metrics,
     glue_compute_metrics,
     load_local_metric,
@@ -71,7 +72,7 @@ def hub_unreachable(monkeypatch):
 
 def test_the_shipped_copy_scores_when_the_hub_module_fails(monkeypatch, caplog):
     tried = hub_unreachable(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="hf_critical.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="hf_critical.experiments.evaluation"):
         loaded = load_metric("glue", "mrpc")
     assert tried == ["glue"]
     assert loaded.source == "local" and loaded.location == metric_module_path("glue")
@@ -111,8 +112,7 @@ def test_metric_modules_ship_with_the_package():
     """setup.cfg's `packages = find:` picks the module folders up (each has an __init__.py)."""
     from setuptools import find_packages
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    packages = find_packages(root, include=["hf_critical", "hf_critical.*"])
-    assert {"hf_critical.evaluate_modules.glue", "hf_critical.evaluate_modules.accuracy"} <= set(packages)
+    packages = find_packages(REPO_ROOT, include=["hf_critical", "hf_critical.*"])
+    assert {"hf_critical.experiments.evaluate_modules.glue", "hf_critical.experiments.evaluate_modules.accuracy"} <= set(packages)
     for name in ("glue", "accuracy"):
         assert os.path.isfile(os.path.join(metric_module_path(name), f"{name}.py"))

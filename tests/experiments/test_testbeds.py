@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_tokenizer
+from helpers import REPO_ROOT, tiny_tokenizer
 
 from hf_critical import TextAugmentationCollator
 from hf_critical.augmentation import TokenSpanCutoff
-from hf_critical.image_data import _images_dataset, select_classes
-from hf_critical.vit_configs import SMALL_MODEL_CONFIGS, small_model_config
+from hf_critical.experiments.image_data import _images_dataset, select_classes
+from hf_critical.experiments.vit_configs import SMALL_MODEL_CONFIGS, small_model_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
 
 
 def test_a_class_subset_keeps_those_rows_relabelled_in_the_given_order():

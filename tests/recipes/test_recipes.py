@@ -11,11 +11,10 @@ import huggingface_hub
 import numpy as np
 import pytest
 import yaml
-from helpers import sentence_dataset, tiny_bert, tiny_tokenizer, tiny_vit
+from helpers import REPO_ROOT, sentence_dataset, tiny_bert, tiny_tokenizer, tiny_vit
 
-from hf_critical.reporting import CARD_BEGIN, HubPushError
+from hf_critical.experiments import CARD_BEGIN, HubPushError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARG_TOKEN = "hf_FakeRecipeArgumentToken123456789"
 ENV_TOKEN = "hf_FakeRecipeEnvironmentToken98765"
 
@@ -26,7 +25,7 @@ COMMON = [
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(ROOT, "recipes", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(REPO_ROOT, "recipes", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)

@@ -6,8 +6,9 @@ import json
 import os
 
 import pytest
+from helpers import REPO_ROOT
 
-from hf_critical.glue import GLUE_TASKS, get_glue_task, load_glue_files, read_glue_file
+from hf_critical.experiments.glue import GLUE_TASKS, get_glue_task, load_glue_files, read_glue_file
 
 
 def write(path, text: str, encoding: str = "utf-8"):
@@ -153,7 +154,7 @@ def test_missing_file_and_no_files(tmp_path):
         load_glue_files("sst2", {"train": None})
 
 
-SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+SHARED_DATA = os.path.join(REPO_ROOT, "..", "shared", "data")
 
 
 @pytest.mark.parametrize("task, header", [("sst2", True), ("cola", False), ("mrpc", True), ("rte", True)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_critical.image_data import (
+from hf_critical.experiments.image_data import (
     ImageTransform,
     load_image_folder,
     load_npz_images,

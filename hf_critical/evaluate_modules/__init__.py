@@ -1,1 +1,0 @@
-"""Local `evaluate` metric modules (loaded by path with `hf_critical.evaluation.load_local_metric`, never imported)."""
