@@ -44,11 +44,11 @@ from machine import machine_description, progress  # noqa: E402
 from overhead import MODEL_SPECS, SEED, StepTimer, SyntheticDataset, build_model  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
-import hf_critical.callback as callback_module  # noqa: E402
+import hf_critical.callbacks.dynamics as callback_module  # noqa: E402
 import hf_critical.metrics as metrics_module  # noqa: E402
 import hf_critical.trainer as trainer_module  # noqa: E402
 from hf_critical import METRIC_NAMES, CriticalPeriodArguments, CriticalPeriodTrainer  # noqa: E402
-from hf_critical.weights_file import TensorFile  # noqa: E402
+from hf_critical.io.tensor_file import TensorFile  # noqa: E402
 
 PARTS = (
     "passes",

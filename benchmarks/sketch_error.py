@@ -35,7 +35,7 @@ from overhead import MODEL_SPECS, SEED, StepTimer, SyntheticDataset, build_model
 from transformers import PrinterCallback  # noqa: E402
 
 from hf_critical import METRIC_NAMES, CriticalPeriodArguments, CriticalPeriodTrainer  # noqa: E402
-from hf_critical.sketch import state_bytes  # noqa: E402
+from hf_critical.metrics.sketch import state_bytes  # noqa: E402
 
 MIB = 2**20
 

@@ -42,10 +42,10 @@ _EXPORTS = {
     "gradient_confusion": "metrics",
     "gradient_predictability": "metrics",
     "layer_rotation": "metrics",
-    "RobustnessArguments": "robustness",
-    "image_robustness": "robustness",
-    "robustness_columns": "robustness",
-    "text_robustness": "robustness",
+    "RobustnessArguments": "experiments.robustness",
+    "image_robustness": "experiments.robustness",
+    "robustness_columns": "experiments.robustness",
+    "text_robustness": "experiments.robustness",
     "CriticalPeriodCallback": "callbacks",
     "CriticalPeriodTrainer": "trainer",
     "RunState": "state",
@@ -89,8 +89,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         TrendDetector,
         build_detector,
     )
+    from .experiments.robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
     from .metrics import MetricResult, gradient_confusion, gradient_predictability, layer_rotation
     from .names import METRIC_NAMES
-    from .robustness import RobustnessArguments, image_robustness, robustness_columns, text_robustness
     from .state import RunState
     from .trainer import CriticalPeriodTrainer

@@ -80,7 +80,7 @@ class CriticalPeriodArguments(TrainingArguments):
         metadata={
             "help": "Bounded memory for large models: keep a fixed random sketch (CountSketch) of this many floats per "
             "layer instead of the full gradient (predictability) and initial weights (rotation); errors of order "
-            "sqrt(2/d) (hf_critical.sketch). Default None: exact metrics."
+            "sqrt(2/d) (hf_critical.metrics.sketch). Default None: exact metrics."
         },
     )
     dynamics_initial_weights: str = field(

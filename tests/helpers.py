@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 
 import torch
 from datasets import Dataset
@@ -136,3 +138,12 @@ class RowRecorder:
     def __call__(self, module, args, kwargs):
         if module.training:
             self.rows.append(int(kwargs[self.field].shape[0]))
+
+
+def load_recipe(name: str):
+    """Import ``recipes/<name>.py`` as a module (the recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(REPO_ROOT, "recipes", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

@@ -5,11 +5,12 @@ kornia is imported only when a policy is built (``pip install hf-critical[images
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from ..extras import install_hint, is_available
 
 #: Built-in policies by name (a callable on a float image batch is accepted too).
 IMAGE_POLICIES = ("trivial", "rand", "crop_flip", "affine")
@@ -59,10 +60,8 @@ def _tensor_bytes(images: torch.Tensor) -> bytes:
 
 
 def _require_kornia(policy: str) -> None:
-    if importlib.util.find_spec("kornia") is None:
-        raise ImportError(
-            f"image policy {policy!r} needs kornia: `pip install kornia` (or `pip install hf_critical[vision]`)"
-        )
+    if not is_available("kornia"):
+        raise ImportError(f"image policy {policy!r} needs kornia, which is not installed; {install_hint('kornia')}")
 
 
 class _PerImageOpPolicy:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..extras import require
 from ..names import (
     ROWS_PER_SAMPLE_KEY,
     SINGLE_KEY,
@@ -86,8 +87,9 @@ def default_text_augmenter(kinds: Sequence[str] = TEXT_NOISE_KINDS) -> RandomCho
             ``("word_swap", "word_delete")`` keeps the two offline operations of EDA
             (Wei & Zou, 2019) and drops the typos.
     """
-    import nlpaug.augmenter.char as nac  # slow import (pulls in transformers): only when used
-    import nlpaug.augmenter.word as naw
+    # A slow import (it pulls in transformers): only when used.
+    nac = require("nlpaug.augmenter.char", "default_text_augmenter")
+    naw = require("nlpaug.augmenter.word", "default_text_augmenter")
 
     unknown = [kind for kind in kinds if kind not in TEXT_NOISE_KINDS]
     if unknown or not kinds:

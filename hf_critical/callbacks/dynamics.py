@@ -78,7 +78,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         initial_weights: Where layer rotation keeps the initial weights: ``"disk"`` (streamed one layer at
             a time from the file written at the start of training), ``"host"`` or ``"device"``.
         sketch_dim: Keep fixed random per-layer sketches of ``sketch_dim`` floats instead of full tensors for
-            gradient predictability and layer rotation (`hf_critical.sketch`: the state no longer grows with the
+            gradient predictability and layer rotation (`hf_critical.metrics.sketch`: the state no longer grows with the
             model; the initial weights file is written for resume but never read during training). ``None``: exact.
     """
 
@@ -122,7 +122,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
         self._keeper = GradientKeeper()
-        #: LoRA layers whose rotation is that of their effective weight (hf_critical.adapters), by weight name.
+        #: LoRA layers whose rotation is that of their effective weight (hf_critical.metrics.lora), by weight name.
         self._lora: dict = {}
         #: Squared norm of each layer's initial tensor (or effective weight), taken once per run.
         self._initial_sq: dict[str, float] | None = None
@@ -255,7 +255,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
                 self._pending["gradient_predictability"] = None
             self._snapshot = None
         if self.is_measured_step(step + 1):
-            # Kept by reference while nothing writes to them in place (hf_critical.gradient_snapshot), else copied.
+            # Kept by reference while nothing writes to them in place (hf_critical.metrics.gradient_snapshot), else copied.
             self._snapshot = (step, self._keeper.keep(grads))
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -62,7 +62,7 @@ class CriticalPeriodCallback(TrainerCallback):
         #: Shared with the dynamics callback and the trainer (`hf_critical.state`).
         self.run_state = dynamics.run_state
         self._steps_per_epoch = 1
-        #: augment_mode="repeat": the trainer's `hf_critical.repeat.RepeatPlan` (epochs of varying length).
+        #: augment_mode="repeat": the trainer's `hf_critical.trainer.repeat_plan.RepeatPlan` (epochs of varying length).
         self.plan = None
 
     # ---- state ----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class CriticalPeriodCallback(TrainerCallback):
             "last_measurement_step": last.get("step"),
         }
         if self.plan is not None:
-            # The epoch the switch ran in keeps its k passes; the later ones are one pass (hf_critical.repeat).
+            # The epoch the switch ran in keeps its k passes; the later ones are one pass (hf_critical.trainer.repeat_plan).
             period = self.run_state.critical_period
             period["augment_mode"] = "repeat"
             period["one_pass_from_epoch"] = self.plan.switch_epoch + 1

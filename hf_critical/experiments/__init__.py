@@ -5,7 +5,7 @@ Data loaders (GLUE files, images), the small model configs, scoring through `eva
 JSON, model card, redaction and Hub push of a recipe run, and the synthetic detector bench. The
 core (`hf_critical`) never imports this package; its optional dependencies come with the extras
 (``pip install 'hf-critical[experiments]'``, ``[text]``, ``[images]``), and each module imports
-them only in the function that needs them (`hf_critical.experiments.imports`)::
+them only in the function that needs them (`hf_critical.extras`)::
 
     from hf_critical.experiments import ReportingArguments, finish_run, track_energy
 

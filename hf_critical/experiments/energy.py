@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .imports import install_hint
+from ..extras import install_hint
 
 __all__ = [
     "EnergyMeasurement",

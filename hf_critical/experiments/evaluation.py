@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from .glue import GlueTask, get_glue_task
-from .imports import require
 
 __all__ = [
     "METRIC_MODULES",

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..callback import DYNAMICS_FILE
+from ..names import DYNAMICS_FILE
 from ..plotting import plot_dynamics
 from .energy import EnergyMeasurement
 from .hub import HubPushRequest, push_outputs

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..callback import INITIAL_WEIGHTS_FILE
+from ..names import INITIAL_WEIGHTS_FILE
 from .redaction import redact_secrets
 
 __all__ = ["HubPushError", "HubPushRequest", "defer_hub_push", "push_outputs"]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imports import require
+from ..extras import require
 
 __all__ = [
     "SKLEARN_DIGITS",

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imports import require
+from ..extras import require
 
 __all__ = [
     "DEFAULT_IMAGE_EPSILONS",
@@ -505,7 +505,7 @@ def perturb_texts(
     states are restored afterwards), one text at a time (nlpaug flows drop inputs): the same
     copies whatever else is perturbed. A text nlpaug cannot change stays as it is.
     """
-    from ..augmentation import _python_numpy_rng
+    from ..augmentation import seeded_python_numpy_rng
 
     if kind not in ("char", "word"):
         raise ValueError(f"`kind` must be 'char' or 'word', got {kind!r}")
@@ -524,7 +524,7 @@ def perturb_texts(
                 int(s)
                 for s in np.random.SeedSequence([seed, offset + i, j, int(kind == "word"), stream]).generate_state(2)
             ]
-            with _python_numpy_rng(seeds):
+            with seeded_python_numpy_rng(seeds):
                 changed = augmenters[j % len(augmenters)].augment(text) if text.strip() else []
             if isinstance(changed, str):
                 changed = [changed]

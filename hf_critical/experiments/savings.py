@@ -12,7 +12,7 @@ received (a forward pre-hook, so k augmented copies count k times) and the step'
 * energy without the switch = measured energy x (time without / time with): an estimate that
   assumes the same average power.
 
-With dataset repetition (``augment_mode="repeat"``, `hf_critical.repeat`) a step always holds B rows
+With dataset repetition (``augment_mode="repeat"``, `hf_critical.trainer.repeat_plan`) a step always holds B rows
 and the switch shortens the epochs after the switch epoch from k passes to one: the run without the
 switch has k - 1 more rows and steps for every row and step of those one-pass epochs (steps after
 ``one_pass_from_step``; exact when a pass fills whole batches), and those extra steps are augmented

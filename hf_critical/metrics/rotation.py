@@ -21,7 +21,7 @@ def layer_rotation(
 
     ``value`` is the unweighted mean over layers; ``extra["weighted_mean"]`` weights each layer by
     its number of parameters. ``initial`` is read one layer at a time (it may be a
-    :class:`~hf_critical.weights_file.TensorFile` that reads each layer from disk when indexed), and
+    :class:`~hf_critical.io.tensor_file.TensorFile` that reads each layer from disk when indexed), and
     each initial tensor is moved to its current tensor's device, not the other way round.
 
     ``reduce``: as in :func:`gradient_predictability` (tensor of shape ``(layers, 3)``); with it,
@@ -29,7 +29,7 @@ def layer_rotation(
     each layer's parameter count is its full (global) count.
 
     Each mapping is indexed once per layer, so either may compute its tensors when indexed (the
-    effective weights of LoRA layers, `hf_critical.adapters`). ``initial_sq_norms``: the squared
+    effective weights of LoRA layers, `hf_critical.metrics.lora`). ``initial_sq_norms``: the squared
     norms of the initial tensors (of this process's shards when ``reduce`` is given), known since
     the start of training, which saves one reduction per layer.
     """

@@ -115,7 +115,7 @@ class CriticalPeriodTrainer(MicroBatchMixin, RepeatTrainerMixin, Trainer):
             self.args.remove_unused_columns = False
 
     def _configure_augment_mode(self) -> None:
-        """augment_mode="repeat": k passes per epoch of one augmented row each (see hf_critical.repeat)."""
+        """augment_mode="repeat": k passes per epoch of one augmented row each (see hf_critical.trainer.repeat_plan)."""
         mode = getattr(self.args, "augment_mode", "batch")
         if mode not in AUGMENT_MODES:
             raise ValueError(f"`augment_mode` must be one of {list(AUGMENT_MODES)}, got {mode!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO_ROOT, sentence_dataset, tiny_bert, tiny_tokenizer, tiny_vit
+from helpers import load_recipe, sentence_dataset, tiny_bert, tiny_tokenizer, tiny_vit
 
 from hf_critical.experiments import CARD_BEGIN, HubPushError
 
@@ -22,14 +21,6 @@ COMMON = [
     "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true", "--seed", "0",
     "--logging_steps", "2", "--dynamics_every_n_steps", "2",
 ]  # fmt: skip
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(REPO_ROOT, "recipes", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from hf_critical.callback import shard_reduction
+from hf_critical.callbacks.dynamics import shard_reduction
 from hf_critical.metrics import gradient_predictability, layer_rotation, local_shard
 
 

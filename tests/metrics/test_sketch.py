@@ -11,10 +11,10 @@ from helpers import common_args, jsonl_path, read_jsonl, text_dataset
 from transformers import BertConfig, BertForSequenceClassification
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
-from hf_critical.callback import INITIAL_WEIGHTS_FILE
-from hf_critical.layers import select_parameters
-from hf_critical.sketch import PRIME, count_sketch, sketch_keys, sketch_tensors, state_bytes
-from hf_critical.weights_file import TensorFile
+from hf_critical.io.tensor_file import TensorFile
+from hf_critical.metrics.layers import select_parameters
+from hf_critical.metrics.sketch import PRIME, count_sketch, sketch_keys, sketch_tensors, state_bytes
+from hf_critical.names import INITIAL_WEIGHTS_FILE
 
 
 def _dense_sketch_matrix(n: int, dim: int, keys) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _dense_sketch_matrix(n: int, dim: int, keys) -> torch.Tensor:
 
 
 def test_count_sketch_equals_the_dense_matrix_product(monkeypatch):
-    monkeypatch.setattr("hf_critical.sketch.CHUNK", 7)  # several chunks
+    monkeypatch.setattr("hf_critical.metrics.sketch.CHUNK", 7)  # several chunks
     x = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     keys = sketch_keys(3, 1)
     assert torch.allclose(count_sketch(x.reshape(5, 10), 8, keys), _dense_sketch_matrix(50, 8, keys) @ x)
@@ -111,7 +111,7 @@ def test_sketch_state_of_a_1b_parameter_model_stays_within_64_mib(monkeypatch):
     total = sum(p.numel() for p in params.values())
     assert total > 1e9
     dim = 4096
-    monkeypatch.setattr("hf_critical.sketch.CHUNK", PRIME)  # meta tensors: one chunk per layer, shapes only
+    monkeypatch.setattr("hf_critical.metrics.sketch.CHUNK", PRIME)  # meta tensors: one chunk per layer, shapes only
     keys = [sketch_keys(0, i) for i in range(len(params))]
     # What the callback holds between measurements: the initial weights' sketches, the kept gradient's sketches
     # (same shapes: sketches of the parameters), one squared norm per layer.

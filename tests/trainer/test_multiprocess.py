@@ -12,8 +12,9 @@ import sys
 
 import pytest
 import torch
+from helpers import TESTS_DIR
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS_DIR  # the scripts folder and helpers.py are here
 SCRIPTS = os.path.join(HERE, "scripts")
 #: Metrics defined identically for one process and several (confusion is not: see docs/distributed.md).
 SHARED_METRICS = ("dynamics/gradient_predictability", "dynamics/layer_rotation", "dynamics/layer_rotation_weighted")

@@ -21,7 +21,7 @@ from helpers import (
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, DynamicsCallback, gradient_confusion
-from hf_critical.callback import INITIAL_WEIGHTS_FILE
+from hf_critical.names import INITIAL_WEIGHTS_FILE
 from hf_critical.trainer import count_items, split_batch
 
 KEYS = ("dynamics/gradient_confusion", "dynamics/gradient_predictability", "dynamics/layer_rotation")
@@ -283,7 +283,7 @@ def test_plain_trainer_with_callback_measures_what_it_can(tmp_path, caplog):
     callback = DynamicsCallback(every_n_steps=2)
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=text_dataset())
     callback.attach(trainer)
-    with caplog.at_level(logging.WARNING, logger="hf_critical.callback"):
+    with caplog.at_level(logging.WARNING, logger="hf_critical.callbacks.dynamics"):
         trainer.train()
     assert "needs CriticalPeriodTrainer" in caplog.text
     # A plain Trainer's log is left as it is: the values are in the callback's history and the jsonl.

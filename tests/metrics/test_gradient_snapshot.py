@@ -8,7 +8,7 @@ from helpers import common_args, jsonl_path, read_jsonl, text_dataset, tiny_bert
 from transformers import TrainerCallback
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
-from hf_critical.gradient_snapshot import GradientKeeper
+from hf_critical.metrics.gradient_snapshot import GradientKeeper
 
 
 class GradientRecorder(TrainerCallback):

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 from helpers import (
+    TESTS_DIR,
     RowRecorder,
     common_args,
     image_dataset,
@@ -27,7 +28,7 @@ from hf_critical.arguments import detector_kwargs
 from hf_critical.augmentation import ImageAugmentationCollator, TextAugmentationCollator
 from hf_critical.detectors import Detector, FixedSwitch, build_detector
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS_DIR  # the scripts folder and helpers.py are here
 
 
 class FireAtStep(Detector):

@@ -11,10 +11,10 @@ import torch
 from helpers import common_args, jsonl_path, read_jsonl, text_dataset, tiny_bert
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
-from hf_critical.adapters import EffectiveWeights, lora_layers
 from hf_critical.augmentation import TextAugmentationCollator, TokenSpanCutoff
 from hf_critical.detectors import FixedSwitch
-from hf_critical.layers import select_parameters
+from hf_critical.metrics.layers import select_parameters
+from hf_critical.metrics.lora import EffectiveWeights, lora_layers
 
 peft = pytest.importorskip("peft")
 

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, DynamicsCallback, FixedSwitch
-from hf_critical.callback import INITIAL_WEIGHTS_FILE
-from hf_critical.weights_file import TensorFile, write_tensors
+from hf_critical.io.tensor_file import TensorFile, write_tensors
+from hf_critical.names import INITIAL_WEIGHTS_FILE
 
 OFF = dict(dynamics_metrics="none", detector="never")
 

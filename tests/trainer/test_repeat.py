@@ -14,16 +14,16 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import common_args, image_dataset, tiny_vit
+from helpers import TESTS_DIR, common_args, image_dataset, tiny_vit
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
 from hf_critical.augmentation import ImageAugmentationCollator, TextAugmentationCollator
 from hf_critical.detectors import FixedSwitch, NeverSwitch
+from hf_critical.experiments.savings import compute_savings
 from hf_critical.names import COPY_INDEX_KEY
-from hf_critical.repeat import RepeatDataset, RepeatPlan, epoch_lr_schedule
-from hf_critical.savings import compute_savings
+from hf_critical.trainer.repeat_plan import RepeatDataset, RepeatPlan, epoch_lr_schedule
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS_DIR  # the scripts folder and helpers.py are here
 SCRIPT = os.path.join(HERE, "scripts", "repeat_run.py")
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hf_critical.weights_file import TensorFile, write_tensors
+from hf_critical.io.tensor_file import TensorFile, write_tensors
 
 
 def test_round_trip_every_dtype_and_compatibility_with_safetensors(tmp_path):

@@ -20,10 +20,10 @@ import time
 
 import pytest
 import yaml
+from helpers import REPO_ROOT, load_recipe
 from safetensors.torch import load_file
-from test_recipes import load_recipe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 DEMO = os.path.join(ROOT, "recipes", "configs", "demo_digits.yaml")
 STEPS_PER_EPOCH = 4  # 200 training images, batch 50
 

@@ -1,8 +1,8 @@
-"""The optional packages of the experiments, and the error that names what to install.
+"""The optional packages (text, images, experiments), and the error that names the extra to install.
 
-The core (`hf_critical`) needs none of them. The experiment modules import each one inside the
-function that uses it, through `require`, so ``import hf_critical.experiments.<module>`` works
-without it and only that function fails, with an ImportError naming the pip command and the extra
+The core needs none of them to import. The modules that use one (the text and image collators, the
+experiment modules) import it inside the function that needs it, through `require`, so importing them
+works without it and only that function fails, with an ImportError naming the pip command and the extra
 of hf-critical that installs it.
 """
 
