@@ -15,6 +15,9 @@ __all__ = [
     "AUGMENT_MODES",
     "AUGMENT_ON_DEVICE_KEY",
     "COPY_INDEX_KEY",
+    "CURRENT_COPIES_FIELD",
+    "CURRENT_COPIES_LOG_KEY",
+    "LEGACY_CURRENT_COPIES_FIELD",
     "DYNAMICS_FILE",
     "DYNAMICS_STATE_KEY",
     "GRAD_SNAPSHOT_FILE",
@@ -46,6 +49,12 @@ AFTER_SWITCH_MODES = ("clean", "augmented")
 
 #: Where layer rotation keeps the initial weights.
 INITIAL_WEIGHTS_STORAGE = ("disk", "host", "device")
+
+#: Log key of the copies of each sample training sees at this step (k before the switch, 1 after).
+CURRENT_COPIES_LOG_KEY = "augment/current_copies"
+#: The same, in every dynamics.jsonl record (written as ``augment_copies`` before 0.2: read both).
+CURRENT_COPIES_FIELD = "current_copies"
+LEGACY_CURRENT_COPIES_FIELD = "augment_copies"
 
 #: Per metric: (field of its `MetricResult` record, key of the global value in the training logs).
 #: The switch callback feeds a detector these values without the ``dynamics/`` prefix.

@@ -2,12 +2,12 @@
 
 Each line of the file is one JSON object, one measurement, for example::
 
-    {"step": 10, "epoch": 0.5, "augment_copies": 4,
+    {"step": 10, "epoch": 0.5, "current_copies": 4,
      "gradient_confusion": {"value": 0.12, "min": 0.05, ...},
      "gradient_predictability": {"value": 0.4, ...},
      "layer_rotation": {"value": 0.001, "weighted_mean": 0.0012, ...}}
 
-Any metric key may be absent from a record, any ``value`` may be ``null`` and ``augment_copies`` is
+Any metric key may be absent from a record, any ``value`` may be ``null`` and ``current_copies`` (``augment_copies`` in logs written before 0.2) is
 optional. Matplotlib is imported lazily so that importing this module has no side effects.
 """
 
@@ -18,6 +18,8 @@ import math
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from .names import CURRENT_COPIES_FIELD, LEGACY_CURRENT_COPIES_FIELD
 
 __all__ = ["METRIC_KEYS", "read_dynamics", "plot_dynamics"]
 
@@ -85,6 +87,11 @@ def _series(records: Sequence[dict[str, Any]], metric: str, field: str) -> tuple
     return xs, ys
 
 
+def _current_copies(record: dict[str, Any]) -> Any:
+    """A record's copies per sample (``current_copies``; ``augment_copies`` in logs written before 0.2)."""
+    return record.get(CURRENT_COPIES_FIELD, record.get(LEGACY_CURRENT_COPIES_FIELD))
+
+
 def copies_line(records: list[dict[str, Any]], switch_step: int | float | None = None) -> tuple[list[float], list[float]]:
     """Points of the k (augmented copies) step line, drawn with ``where="post"``.
 
@@ -93,9 +100,9 @@ def copies_line(records: list[dict[str, Any]], switch_step: int | float | None =
     ``switch_step`` itself (where the dashed "switch" line is), not at the next measurement.
     """
     points = [
-        (float(rec["step"]), float(rec["augment_copies"]))
+        (float(rec["step"]), float(_current_copies(rec)))
         for rec in records
-        if _is_number(rec.get("step")) and _is_number(rec.get("augment_copies"))
+        if _is_number(rec.get("step")) and _is_number(_current_copies(rec))
     ]
     if switch_step is not None and _is_number(switch_step):
         later = [(step, k) for step, k in points if step > switch_step]
@@ -118,7 +125,7 @@ def plot_dynamics(
     One subplot per metric present (gradient confusion: mean, and minimum as a lighter line when
     present; gradient predictability; layer rotation: mean and parameter-weighted mean), x = optimizer
     step. A dashed vertical line labelled "switch" marks ``switch_step`` if given. If records carry an
-    ``augment_copies`` field, the number of augmented copies k is drawn as a step line on a twin axis
+    ``current_copies`` field, the number of augmented copies k is drawn as a step line on a twin axis
     of the last subplot. Null, absent and non-finite values are skipped.
 
     Args:

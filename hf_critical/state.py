@@ -7,7 +7,7 @@ field                     written by                 read by
 ========================  =========================  ===========================================
 ``copies``                the trainer (k)            the switch callback, the results
 ``current_copies``        the switch callback        the trainer (each step's batches), the
-                                                     dynamics log (``augment_copies`` field)
+                                                     dynamics log (``current_copies``)
 ``critical_period``       the switch callback        the trainer (``trainer.critical_period``)
 ``last_measurement``      the dynamics callback      the switch callback (the detector's inputs)
 ``learning_rate(_sum)``   the switch callback        the detector, the dynamics log

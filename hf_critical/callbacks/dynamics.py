@@ -41,6 +41,7 @@ from ..metrics.layers import LayerSelection, select_parameters, validate_layer_s
 from ..metrics.lora import EffectiveWeights, lora_layers
 from ..metrics.sketch import sketch_keys, sketch_tensors, sketched_layer_rotation
 from ..names import (
+    CURRENT_COPIES_FIELD,
     DYNAMICS_FILE,
     DYNAMICS_STATE_KEY,
     GRAD_SNAPSHOT_FILE,
@@ -296,7 +297,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         record: dict[str, Any] = {"step": step, "epoch": state.epoch}
         run = self.run_state
         if run.current_copies is not None:
-            record["augment_copies"] = run.current_copies
+            record[CURRENT_COPIES_FIELD] = run.current_copies
         if run.learning_rate is not None:
             # This step's learning rate and the sum so far: a replay follows the schedule (hf_critical.detectors.replay).
             record["learning_rate"] = run.learning_rate

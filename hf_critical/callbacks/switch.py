@@ -5,14 +5,15 @@ Logged keys:
 =================================  ===============================================================
 Key                                Meaning
 =================================  ===============================================================
-``augment/copies``                 rows per sample in the training batches at this log step (k or 1)
+``augment/current_copies``         copies of each sample at this log step: k before the switch, 1 after
+                                   (batch mode: rows per sample in a batch; repeat mode: passes per epoch)
 ``critical_period/switch_step``    the optimizer step at which the detector fired (logged once);
                                    steps after it train on one copy per sample
 ``critical_period/switch_epoch``   the same, in epochs (logged once)
 =================================  ===============================================================
 
 They go out with the Trainer's training log (every ``logging_steps``): the switch keys with the first
-training log at or after the switch step, never as a log entry of their own; ``augment/copies`` with
+training log at or after the switch step, never as a log entry of their own; ``augment/current_copies`` with
 every training log (not with evaluation metrics, which use one clean copy).
 """
 

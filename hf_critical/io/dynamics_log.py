@@ -2,14 +2,15 @@
 
 A record (written by `DynamicsCallback` on the main process)::
 
-    {"step": 20, "epoch": 0.5, "augment_copies": 4, "learning_rate": 0.0009, "learning_rate_sum": 0.019,
+    {"step": 20, "epoch": 0.5, "current_copies": 4, "learning_rate": 0.0009, "learning_rate_sum": 0.019,
      "frozen_parameters": 0,
      "gradient_confusion": {"value": 0.12, "min": 0.12, "num_pairs": 1, "batch_step": 19,
                             "per_layer": {...}, "skipped": {...}},
      "gradient_predictability": {"value": 0.61, "per_layer": {...}, "skipped": {...}},
      "layer_rotation": {"value": 0.004, "weighted_mean": 0.003, "per_layer": {...}, "skipped": {...}}}
 
-A metric that could not be computed is ``{"value": null, "unavailable": true}``. Each record is
+``current_copies`` is the copies of each sample at that step (k, or 1 after the switch; called
+``augment_copies`` before 0.2). A metric that could not be computed is ``{"value": null, "unavailable": true}``. Each record is
 flushed as it is written; on resume the lines past the checkpoint (written by the interrupted run,
 and measured again) are dropped first, and a line cut short by a kill ends the kept part.
 """

@@ -131,9 +131,9 @@ class MicroBatchMixin:
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
-        self._step_copies = self.run_state.current_copies or 1
+        self._step_current_copies = self.run_state.current_copies or 1
         # Repeat mode makes its copies over passes: one row per sample in every step.
-        self._step_rows_per_sample = 1 if self.repeat_plan is not None else self._step_copies
+        self._step_rows_per_sample = 1 if self.repeat_plan is not None else self._step_current_copies
         batch_samples = [self._materialize(batch) for batch in batch_samples]
         num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
         shifted = bool(getattr(self, "_loss_shifts_labels", False))

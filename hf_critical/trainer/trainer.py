@@ -15,7 +15,7 @@ from ..augmentation import AugmentationCollator
 from ..callbacks.dynamics import DynamicsCallback
 from ..callbacks.switch import CriticalPeriodCallback
 from ..detectors import Detector, NeverSwitch, build_detector
-from ..names import AUGMENT_MODES, RUN_STATE_KEY
+from ..names import AUGMENT_MODES, CURRENT_COPIES_LOG_KEY, RUN_STATE_KEY
 from .batches import MicroBatchMixin, _StepPlan
 from .checkpoints import _reload_renamed_weights, last_complete_checkpoint
 from .guards import check_deepspeed, check_fsdp, check_launch, destroy_process_group_at_exit
@@ -82,7 +82,7 @@ class CriticalPeriodTrainer(MicroBatchMixin, RepeatTrainerMixin, Trainer):
 
         self._step_plan: _StepPlan | None = None
         self._step_rows_per_sample = 1
-        self._step_copies = 1
+        self._step_current_copies = 1
         self._warned_unsplittable = False
         self._warned_no_confusion = False
 
@@ -158,7 +158,7 @@ class CriticalPeriodTrainer(MicroBatchMixin, RepeatTrainerMixin, Trainer):
             for key, value in self.run_state.take_unlogged().items():
                 logs.setdefault(key, value)
             if self.augmentation is not None:
-                logs.setdefault("augment/copies", self._step_copies)
+                logs.setdefault(CURRENT_COPIES_LOG_KEY, self._step_current_copies)
         super().log(logs, start_time)
 
     # ---- evaluation uses clean, single-copy batches ----------------------------------------------

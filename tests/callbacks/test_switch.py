@@ -80,7 +80,7 @@ def test_switch_takes_effect_at_the_next_step_with_workers(tmp_path, loader):
     assert recorder.rows == [16, 16, 16, 4, 4, 4, 4, 4]
     assert trainer.critical_period["switch_step"] == 3
     assert trainer.critical_period["copies_before"] == 4 and trainer.critical_period["copies_after"] == 1
-    copies = {h["step"]: h["augment/copies"] for h in trainer.state.log_history if "loss" in h}
+    copies = {h["step"]: h["augment/current_copies"] for h in trainer.state.log_history if "loss" in h}
     assert copies == {1: 4, 2: 4, 3: 4, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1}
     switch_logs = [h for h in trainer.state.log_history if "critical_period/switch_step" in h]
     assert len(switch_logs) == 1 and switch_logs[0]["step"] == 3 and switch_logs[0]["critical_period/switch_step"] == 3
@@ -145,7 +145,7 @@ def test_confusion_halves_keep_copies_of_a_sample_together(tmp_path):
     for labels in seen[:2]:
         assert torch.equal(labels[0::4], labels[3::4])  # every group of 4 rows is one sample
     record = read_jsonl(os.path.join(tmp_path, "dynamics.jsonl"))[0]
-    assert record["augment_copies"] == 4 and record["gradient_confusion"]["num_pairs"] == 1
+    assert record["current_copies"] == 4 and record["gradient_confusion"]["num_pairs"] == 1
 
 
 def test_detector_never_firing_leaves_critical_period_none(tmp_path):
@@ -264,7 +264,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     lines = read_jsonl(killed_dir / "dynamics.jsonl")
     assert [r["step"] for r in lines] == [r["step"] for r in full_lines]  # no duplicated or lost line
     for got, want in zip(lines, full_lines):
-        assert got["augment_copies"] == want["augment_copies"]
+        assert got["current_copies"] == want["current_copies"]
         assert got["layer_rotation"]["value"] == pytest.approx(want["layer_rotation"]["value"], rel=1e-4, abs=1e-7)
     assert resumed["param_checksum"] == pytest.approx(full["param_checksum"], rel=1e-5)
 

@@ -155,7 +155,7 @@ def test_minilm_with_lora_switches_from_two_copies_to_one(tmp_path):
     )
     trainer.train()
     assert trainer.critical_period["switch_step"] == 3
-    copies = {h["step"]: h["augment/copies"] for h in trainer.state.log_history if "loss" in h}
+    copies = {h["step"]: h["augment/current_copies"] for h in trainer.state.log_history if "loss" in h}
     assert copies == {1: 2, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1}
     records = read_jsonl(jsonl_path(tmp_path))
     assert [r["step"] for r in records] == [2, 4, 6]

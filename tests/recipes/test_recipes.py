@@ -330,8 +330,8 @@ def test_run_vit_from_an_image_folder_and_a_yaml_file(run_vit, tmp_path):
     assert (out / "dynamics.png").stat().st_size > 0 and CARD_BEGIN in card
     # Built from a config: "trained from scratch", not "a fine-tuned version of [](https://huggingface.co/)".
     assert "This model was trained from scratch" in card and "fine-tuned version of []" not in card
-    # Evaluation uses one clean copy: augment/copies is no evaluation result.
-    assert "augment/copies" not in json.dumps(results["metrics"]["eval"]) and "Augment/copies" not in card
+    # Evaluation uses one clean copy: augment/current_copies is no evaluation result.
+    assert "augment/current_copies" not in json.dumps(results["metrics"]["eval"]) and "Augment/current_copies" not in card
     assert results["run"]["unreadable_images_skipped"] == 0
 
 

@@ -181,7 +181,7 @@ def test_on_device_augmentation_in_repeat_mode(tmp_path):
     trainer.train()
     # k=2: epoch 0 has 12 steps; epoch 1 one pass (6 steps) of one augmented copy each (after_switch="augmented").
     assert len(seen) == trainer.state.global_step == 18 and not any(any(step) for step in seen)
-    copies = {h["step"]: h["augment/copies"] for h in trainer.state.log_history if "loss" in h}
+    copies = {h["step"]: h["augment/current_copies"] for h in trainer.state.log_history if "loss" in h}
     assert [copies[s] for s in (1, 3, 4, 18)] == [2, 2, 1, 1]
 
 
