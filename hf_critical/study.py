@@ -26,6 +26,8 @@ Arms (`parse_arm`):
 ``stability:<m>[+<m>...]``      the stability detector on the named metric(s); ``stability:all`` on all three
 ``fukase_confusion_iqr``        Fukase et al.'s rules (``hf_critical.detectors``)
 ``fukase_rotation_angle``
+``detector:<name>[:<mode>]``    any detector of the registry by name (``detector:rate``, the library's default),
+                                with the task's ``detector_options``; ``:clean`` / ``:augmented`` as for ``fixed``
 ``validation``                  the validation-based baseline: a fixed switch where the *full* arm's
                                 evaluation accuracy first stopped improving (see `validation_switch_step`)
 ==============================  =====================================================================
@@ -55,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arguments import AFTER_SWITCH_MODES, METRIC_NAMES
+from .arguments import AFTER_SWITCH_MODES, DETECTOR_NAMES, METRIC_NAMES
 from .detectors import build_detector, parse_span
 from .reporting import RESULTS_FILE
 from .savings import DEFAULT_PRICE_PER_ACCELERATOR_HOUR, DEFAULT_PRICE_PER_KWH, estimate_cost
@@ -76,11 +78,13 @@ class Arm:
     """One way of training: how many copies, and when to switch."""
 
     name: str
-    kind: str  # none | full | fixed | stability | fukase | validation
+    kind: str  # none | full | fixed | stability | fukase | detector | validation
     span: str | None = None
     metrics: tuple[str, ...] = ()
-    #: ``fixed`` arms: ``augment_after_switch`` (None: the recipe's default).
+    #: ``fixed`` and ``detector`` arms: ``augment_after_switch`` (None: the recipe's default).
     after_switch: str | None = None
+    #: ``detector`` arms: the registry name given to the recipe's ``detector``.
+    detector: str | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -113,6 +117,9 @@ class Arm:
             return {"detector": "stability", "detector_metrics": list(self.metrics)}
         if self.kind == "fukase":
             return {"detector": self.name}
+        if self.kind == "detector":
+            mode = {} if self.after_switch is None else {"augment_after_switch": self.after_switch}
+            return {"detector": self.detector, **mode}
         if self.kind == "validation":
             return {"detector": "fixed"}
         raise AssertionError(self.kind)
@@ -145,6 +152,13 @@ def parse_arm(name: str) -> Arm:
         else:
             parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
         return Arm(name, "fixed", span=span, after_switch=mode or None)
+    if name.startswith("detector:"):
+        detector, _, mode = name.removeprefix("detector:").partition(":")
+        if detector not in DETECTOR_NAMES:
+            raise ValueError(f"arm {name!r}: unknown detector {detector!r}; allowed: {list(DETECTOR_NAMES)}")
+        if mode and mode not in AFTER_SWITCH_MODES:
+            raise ValueError(f"arm {name!r}: after ':' comes one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+        return Arm(name, "detector", after_switch=mode or None, detector=detector)
     if name.startswith("stability:"):
         spec = name.removeprefix("stability:")
         metrics = tuple(METRIC_NAMES) if spec == "all" else tuple(spec.split("+"))
@@ -154,7 +168,7 @@ def parse_arm(name: str) -> Arm:
         return Arm(name, "stability", metrics=metrics)
     raise ValueError(
         f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>|<percent>%[:clean|:augmented], "
-        f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}"
+        f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}, detector:<name>[:clean|:augmented]"
     )
 
 
@@ -1001,7 +1015,7 @@ def task_detector_kwargs(task: Task, arm: Arm) -> dict[str, Any] | None:
 
     from .arguments import CriticalPeriodArguments, detector_kwargs
 
-    if arm.kind not in ("stability", "fukase"):
+    if arm.kind not in ("stability", "fukase", "detector"):
         return None
     defaults = {
         f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -1022,7 +1036,7 @@ def replay_rows(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]
     detector_arms: dict[str, Arm] = {}
     for task in config.tasks:
         for arm in task.arms:
-            if arm.kind in ("stability", "fukase"):
+            if arm.kind in ("stability", "fukase", "detector"):
                 detector_arms.setdefault(arm.name, arm)
     from .callback import DYNAMICS_FILE
     from .plotting import read_dynamics

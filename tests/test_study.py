@@ -67,6 +67,21 @@ def test_arm_names_are_parsed_into_recipe_arguments():
     assert study.parse_arm("fukase_confusion_iqr").recipe_args(clean) == {"detector": "fukase_confusion_iqr"}
 
 
+def test_a_detector_arm_runs_any_registry_detector_by_name_with_the_tasks_options():
+    clean = {"augment_policy": "none"}
+    rate = study.parse_arm("detector:rate")
+    assert rate.kind == "detector" and rate.recipe_args(clean) == {"detector": "rate"}
+    assert study.parse_arm("detector:plateau:augmented").recipe_args(clean) == {
+        "detector": "plateau",
+        "augment_after_switch": "augmented",
+    }
+    # Replays read the task's detector settings, as the run does.
+    task = study.Task("t", "run_vit", {"detector_options": "peak_fraction=0.5"}, [rate])
+    assert study.task_detector_kwargs(task, rate) == {"name": "rate", "peak_fraction": 0.5}
+    config = study.config_from_dict(minimal(tasks={"d": {"recipe": "run_vit", "arms": ["full", "detector:rate"]}}))
+    assert [run.args["detector"] for run in study.plan_runs(config, seeds=[0])] == ["never", "rate"]
+
+
 def test_fraction_arms_switch_at_that_share_of_the_run_with_either_meaning_of_one_copy():
     clean = {"augment_policy": "none"}
     epochs = {"num_train_epochs": 60}
@@ -133,6 +148,9 @@ def test_a_part_of_the_study_is_some_tasks_arms_and_seeds(tmp_path):
         ("fixed@soon", "fixed@soon"),
         ("fixed@0", "fixed@0"),
         ("stability:loss", "unknown metric(s) ['loss']"),
+        ("detector:rte", "unknown detector 'rte'; allowed: ['rate', 'plateau'"),
+        ("detector:rate:noisy", "one of ['clean', 'augmented']"),
+        ("detector:", "unknown detector ''"),
         ("", "non-empty string"),
     ],
 )
