@@ -754,6 +754,10 @@ def result_row(
         "energy_is_estimate": measured.get("train_energy_is_estimate"),
         "training_rows": measured.get("train_rows"),
         "rows_without_switch": derived.get("train_rows_without_switch"),
+        "copies": measured.get("copies_before_switch"),
+        "protocol_saving": protocol_saving(
+            measured.get("copies_before_switch"), period.get("switch_epoch"), training.get("num_train_epochs")
+        ),
         "train_runtime": runtime,
         "in_training_eval_seconds": eval_seconds,
         "train_energy_kwh_raw": energy,
@@ -763,6 +767,20 @@ def result_row(
     if robustness.get("clean_accuracy") is not None:
         row["robust/clean"] = robustness["clean_accuracy"]  # the clean accuracy on the attacked subset
     return row
+
+
+def protocol_saving(copies: Any, switch_epoch: float | None, num_epochs: Any) -> float | None:
+    """One Period's arithmetic: the share of training cut by a switch from k copies to 1 at epoch e of E.
+
+    Fukase et al. 2025 tile the data set k times until the switch, so a run costs k·e + (E − e) epochs
+    of one pass against k·E: (k − 1)(E − e) / (kE) saved. A run that never switches has e = E (0 saved);
+    None for one copy (nothing to cut) or a run of unknown length.
+    """
+    if not isinstance(copies, int) or copies < 2 or not isinstance(num_epochs, (int, float)) or num_epochs <= 0:
+        return None
+    epochs = float(num_epochs)
+    e = epochs if switch_epoch is None else min(max(float(switch_epoch), 0.0), epochs)
+    return (copies - 1) * (epochs - e) / (copies * epochs)
 
 
 def money_columns(
@@ -831,6 +849,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "train_energy_kwh",
         "train_emissions_kg",
         "training_rows",
+        "optimizer_steps",
+        "protocol_saving",
         "cost_usd",
         "wall_seconds",
     ]
@@ -894,6 +914,8 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
         "time saved",
         "energy saved",
         "rows saved",
+        "steps",
+        "(k−1)(E−e)/(kE)",
         *[
             ("robust subset clean %" if key == "robust/clean" else f"{key.removeprefix('robust/')} %")
             for key in robust
@@ -917,6 +939,8 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
             pct(e["time_saving"]),
             pct(e["energy_saving"]),
             pct(e["rows_saving"]),
+            _cell(e.get("optimizer_steps"), e.get("optimizer_steps_std"), 1, 0),
+            "–" if e.get("protocol_saving") is None else f"{100 * e['protocol_saving']:.1f} %",
             *[_cell(e.get(key), e.get(f"{key}_std"), 100, 1) for key in robust],
         ]
         lines.append("| " + " | ".join(cells) + " |")

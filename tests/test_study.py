@@ -264,6 +264,27 @@ def test_summary_averages_seeds_and_compares_with_full():
     assert "fgsm_2/255 %" in table.splitlines()[0]
 
 
+def test_one_periods_arithmetic_and_the_steps_are_columns_of_the_summary():
+    # k = 3, a switch after epoch 9 of 60: (k - 1)(E - e) / (kE) = 2 * 51 / 180.
+    assert study.protocol_saving(3, 9.0, 60) == pytest.approx(102 / 180)
+    assert study.protocol_saving(3, None, 60) == 0.0  # never switched: e = E
+    assert study.protocol_saving(1, None, 60) is None and study.protocol_saving(3, 9.0, None) is None
+    results = {
+        "measured": {"optimizer_steps": 264, "train_rows": 39000, "copies_before_switch": 3},
+        "critical_period": {"switch_step": 216, "switch_epoch": 9.0},
+        "arguments": {"training": {"num_train_epochs": 60}},
+    }
+    row = study.result_row(results)
+    assert row["optimizer_steps"] == 264 and row["protocol_saving"] == pytest.approx(102 / 180)
+    rows = [
+        {"task": "t", "arm": "full", "seed": 0, "status": "done", "optimizer_steps": 1440, "protocol_saving": 0.0},
+        {"task": "t", "arm": "fixed@9ep", "seed": 0, "status": "done", **row},
+    ]
+    table = study.markdown_table(study.summarize(rows), "t")
+    assert table.splitlines()[0].endswith("| steps | (k−1)(E−e)/(kE) |")
+    assert table.splitlines()[-1].endswith("| 264 | 56.7 % |")
+
+
 def test_oracle_point_is_the_earliest_fixed_switch_without_loss():
     summary = [
         {"task": "t", "arm": "full", "accuracy": 0.900},
