@@ -26,6 +26,8 @@ Arms (`parse_arm`):
 ``stability:<m>[+<m>...]``      the stability detector on the named metric(s); ``stability:all`` on all three
 ``fukase_confusion_iqr``        Fukase et al.'s rules (``hf_critical.detectors``)
 ``fukase_rotation_angle``
+``detector:<name>[:<mode>]``    any detector of the registry by name (``detector:rate``, the library's default),
+                                with the task's ``detector_options``; ``:clean`` / ``:augmented`` as for ``fixed``
 ``validation``                  the validation-based baseline: a fixed switch where the *full* arm's
                                 evaluation accuracy first stopped improving (see `validation_switch_step`)
 ==============================  =====================================================================
@@ -55,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arguments import AFTER_SWITCH_MODES, METRIC_NAMES
+from .arguments import AFTER_SWITCH_MODES, DETECTOR_NAMES, METRIC_NAMES
 
 # Moved to hf_critical.detectors.replay (the one path from a record to a detector's inputs); kept here for one release.
 from .detectors import detector_values, learning_rates_from_records, parse_span, replay_detector  # noqa: F401
@@ -78,11 +80,13 @@ class Arm:
     """One way of training: how many copies, and when to switch."""
 
     name: str
-    kind: str  # none | full | fixed | stability | fukase | validation
+    kind: str  # none | full | fixed | stability | fukase | detector | validation
     span: str | None = None
     metrics: tuple[str, ...] = ()
-    #: ``fixed`` arms: ``augment_after_switch`` (None: the recipe's default).
+    #: ``fixed`` and ``detector`` arms: ``augment_after_switch`` (None: the recipe's default).
     after_switch: str | None = None
+    #: ``detector`` arms: the registry name given to the recipe's ``detector``.
+    detector: str | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -115,6 +119,9 @@ class Arm:
             return {"detector": "stability", "detector_metrics": list(self.metrics)}
         if self.kind == "fukase":
             return {"detector": self.name}
+        if self.kind == "detector":
+            mode = {} if self.after_switch is None else {"augment_after_switch": self.after_switch}
+            return {"detector": self.detector, **mode}
         if self.kind == "validation":
             return {"detector": "fixed"}
         raise AssertionError(self.kind)
@@ -147,6 +154,13 @@ def parse_arm(name: str) -> Arm:
         else:
             parse_span(span, f"arm {name!r}", allow_zero=False)  # raises on a bad span
         return Arm(name, "fixed", span=span, after_switch=mode or None)
+    if name.startswith("detector:"):
+        detector, _, mode = name.removeprefix("detector:").partition(":")
+        if detector not in DETECTOR_NAMES:
+            raise ValueError(f"arm {name!r}: unknown detector {detector!r}; allowed: {list(DETECTOR_NAMES)}")
+        if mode and mode not in AFTER_SWITCH_MODES:
+            raise ValueError(f"arm {name!r}: after ':' comes one of {list(AFTER_SWITCH_MODES)}, got {mode!r}")
+        return Arm(name, "detector", after_switch=mode or None, detector=detector)
     if name.startswith("stability:"):
         spec = name.removeprefix("stability:")
         metrics = tuple(METRIC_NAMES) if spec == "all" else tuple(spec.split("+"))
@@ -156,7 +170,7 @@ def parse_arm(name: str) -> Arm:
         return Arm(name, "stability", metrics=metrics)
     raise ValueError(
         f"unknown arm {name!r}; allowed: none, full, validation, fixed@<epochs>ep|<steps>|<percent>%[:clean|:augmented], "
-        f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}"
+        f"stability:<metric>[+<metric>]|all, {', '.join(DETECTOR_ARMS)}, detector:<name>[:clean|:augmented]"
     )
 
 
@@ -742,6 +756,10 @@ def result_row(
         "energy_is_estimate": measured.get("train_energy_is_estimate"),
         "training_rows": measured.get("train_rows"),
         "rows_without_switch": derived.get("train_rows_without_switch"),
+        "copies": measured.get("copies_before_switch"),
+        "protocol_saving": protocol_saving(
+            measured.get("copies_before_switch"), period.get("switch_epoch"), training.get("num_train_epochs")
+        ),
         "train_runtime": runtime,
         "in_training_eval_seconds": eval_seconds,
         "train_energy_kwh_raw": energy,
@@ -751,6 +769,20 @@ def result_row(
     if robustness.get("clean_accuracy") is not None:
         row["robust/clean"] = robustness["clean_accuracy"]  # the clean accuracy on the attacked subset
     return row
+
+
+def protocol_saving(copies: Any, switch_epoch: float | None, num_epochs: Any) -> float | None:
+    """One Period's arithmetic: the share of training cut by a switch from k copies to 1 at epoch e of E.
+
+    Fukase et al. 2025 tile the data set k times until the switch, so a run costs k·e + (E − e) epochs
+    of one pass against k·E: (k − 1)(E − e) / (kE) saved. A run that never switches has e = E (0 saved);
+    None for one copy (nothing to cut) or a run of unknown length.
+    """
+    if not isinstance(copies, int) or copies < 2 or not isinstance(num_epochs, (int, float)) or num_epochs <= 0:
+        return None
+    epochs = float(num_epochs)
+    e = epochs if switch_epoch is None else min(max(float(switch_epoch), 0.0), epochs)
+    return (copies - 1) * (epochs - e) / (copies * epochs)
 
 
 def money_columns(
@@ -819,6 +851,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "train_energy_kwh",
         "train_emissions_kg",
         "training_rows",
+        "optimizer_steps",
+        "protocol_saving",
         "cost_usd",
         "wall_seconds",
     ]
@@ -882,6 +916,8 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
         "time saved",
         "energy saved",
         "rows saved",
+        "steps",
+        "(k−1)(E−e)/(kE)",
         *[
             ("robust subset clean %" if key == "robust/clean" else f"{key.removeprefix('robust/')} %")
             for key in robust
@@ -905,6 +941,8 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
             pct(e["time_saving"]),
             pct(e["energy_saving"]),
             pct(e["rows_saving"]),
+            _cell(e.get("optimizer_steps"), e.get("optimizer_steps_std"), 1, 0),
+            "–" if e.get("protocol_saving") is None else f"{100 * e['protocol_saving']:.1f} %",
             *[_cell(e.get(key), e.get(f"{key}_std"), 100, 1) for key in robust],
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -929,7 +967,7 @@ def task_detector_kwargs(task: Task, arm: Arm) -> dict[str, Any] | None:
 
     from .arguments import CriticalPeriodArguments, detector_kwargs
 
-    if arm.kind not in ("stability", "fukase"):
+    if arm.kind not in ("stability", "fukase", "detector"):
         return None
     defaults = {
         f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -950,7 +988,7 @@ def replay_rows(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]
     detector_arms: dict[str, Arm] = {}
     for task in config.tasks:
         for arm in task.arms:
-            if arm.kind in ("stability", "fukase"):
+            if arm.kind in ("stability", "fukase", "detector"):
                 detector_arms.setdefault(arm.name, arm)
     from .callback import DYNAMICS_FILE
     from .plotting import read_dynamics

@@ -67,6 +67,21 @@ def test_arm_names_are_parsed_into_recipe_arguments():
     assert study.parse_arm("fukase_confusion_iqr").recipe_args(clean) == {"detector": "fukase_confusion_iqr"}
 
 
+def test_a_detector_arm_runs_any_registry_detector_by_name_with_the_tasks_options():
+    clean = {"augment_policy": "none"}
+    rate = study.parse_arm("detector:rate")
+    assert rate.kind == "detector" and rate.recipe_args(clean) == {"detector": "rate"}
+    assert study.parse_arm("detector:plateau:augmented").recipe_args(clean) == {
+        "detector": "plateau",
+        "augment_after_switch": "augmented",
+    }
+    # Replays read the task's detector settings, as the run does.
+    task = study.Task("t", "run_vit", {"detector_options": "peak_fraction=0.5"}, [rate])
+    assert study.task_detector_kwargs(task, rate) == {"name": "rate", "peak_fraction": 0.5}
+    config = study.config_from_dict(minimal(tasks={"d": {"recipe": "run_vit", "arms": ["full", "detector:rate"]}}))
+    assert [run.args["detector"] for run in study.plan_runs(config, seeds=[0])] == ["never", "rate"]
+
+
 def test_fraction_arms_switch_at_that_share_of_the_run_with_either_meaning_of_one_copy():
     clean = {"augment_policy": "none"}
     epochs = {"num_train_epochs": 60}
@@ -133,6 +148,9 @@ def test_a_part_of_the_study_is_some_tasks_arms_and_seeds(tmp_path):
         ("fixed@soon", "fixed@soon"),
         ("fixed@0", "fixed@0"),
         ("stability:loss", "unknown metric(s) ['loss']"),
+        ("detector:rte", "unknown detector 'rte'; allowed: ['rate', 'plateau'"),
+        ("detector:rate:noisy", "one of ['clean', 'augmented']"),
+        ("detector:", "unknown detector ''"),
         ("", "non-empty string"),
     ],
 )
@@ -244,6 +262,27 @@ def test_summary_averages_seeds_and_compares_with_full():
     table = study.markdown_table(study.summarize(rows), "t")
     assert "| stability:all | 1 | 89.00 | -2.00 | 2.0 |" in table
     assert "fgsm_2/255 %" in table.splitlines()[0]
+
+
+def test_one_periods_arithmetic_and_the_steps_are_columns_of_the_summary():
+    # k = 3, a switch after epoch 9 of 60: (k - 1)(E - e) / (kE) = 2 * 51 / 180.
+    assert study.protocol_saving(3, 9.0, 60) == pytest.approx(102 / 180)
+    assert study.protocol_saving(3, None, 60) == 0.0  # never switched: e = E
+    assert study.protocol_saving(1, None, 60) is None and study.protocol_saving(3, 9.0, None) is None
+    results = {
+        "measured": {"optimizer_steps": 264, "train_rows": 39000, "copies_before_switch": 3},
+        "critical_period": {"switch_step": 216, "switch_epoch": 9.0},
+        "arguments": {"training": {"num_train_epochs": 60}},
+    }
+    row = study.result_row(results)
+    assert row["optimizer_steps"] == 264 and row["protocol_saving"] == pytest.approx(102 / 180)
+    rows = [
+        {"task": "t", "arm": "full", "seed": 0, "status": "done", "optimizer_steps": 1440, "protocol_saving": 0.0},
+        {"task": "t", "arm": "fixed@9ep", "seed": 0, "status": "done", **row},
+    ]
+    table = study.markdown_table(study.summarize(rows), "t")
+    assert table.splitlines()[0].endswith("| steps | (k−1)(E−e)/(kE) |")
+    assert table.splitlines()[-1].endswith("| 264 | 56.7 % |")
 
 
 def test_oracle_point_is_the_earliest_fixed_switch_without_loss():
