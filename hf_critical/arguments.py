@@ -8,6 +8,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from transformers import TrainingArguments
 
 from .detectors import DETECTORS, build_detector, detector_options_of, parse_detector_options
+from .detectors.stability import DEFAULT_METRICS as STABILITY_DEFAULT_METRICS
 from .metrics.layers import LAYER_SELECTIONS, validate_layer_selection
 from .names import AFTER_SWITCH_MODES, AUGMENT_MODES, INITIAL_WEIGHTS_STORAGE, METRIC_NAMES, normalize_metric_names
 
@@ -108,7 +109,7 @@ class CriticalPeriodArguments(TrainingArguments):
         },
     )
     detector_metrics: list[str] = field(
-        default_factory=lambda: ["layer_rotation"],
+        default_factory=lambda: list(STABILITY_DEFAULT_METRICS),
         metadata={"help": "Metric(s) the stability detector watches."},
     )
     detector_threshold: float = field(

@@ -7,63 +7,24 @@ Each line of the file is one JSON object, one measurement, for example::
      "gradient_predictability": {"value": 0.4, ...},
      "layer_rotation": {"value": 0.001, "weighted_mean": 0.0012, ...}}
 
-Any metric key may be absent from a record, any ``value`` may be ``null`` and ``current_copies`` (``augment_copies`` in logs written before 0.2) is
-optional. Matplotlib is imported lazily so that importing this module has no side effects.
+Any metric key may be absent from a record, any ``value`` may be ``null``, and ``current_copies``
+(``augment_copies`` in logs written before 0.2) is optional. Matplotlib is imported lazily so that importing this module has no side effects.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from .names import CURRENT_COPIES_FIELD, LEGACY_CURRENT_COPIES_FIELD
+from .io.dynamics_log import read_dynamics
+from .names import CURRENT_COPIES_FIELD, LEGACY_CURRENT_COPIES_FIELD, METRIC_NAMES
 
 __all__ = ["METRIC_KEYS", "read_dynamics", "plot_dynamics"]
 
 #: Metric keys plotted, in subplot order, with the y-axis label of each.
-METRIC_KEYS: dict[str, str] = {
-    "gradient_confusion": "gradient confusion",
-    "gradient_predictability": "gradient predictability",
-    "layer_rotation": "layer rotation",
-}
-
-
-def read_dynamics(jsonl_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Parse a ``dynamics.jsonl`` file into a list of records.
-
-    Blank lines are skipped.
-
-    Args:
-        jsonl_path: path to the file.
-
-    Returns:
-        One dict per non-blank line, in file order.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if a line is not valid JSON or not a JSON object; the message names the file and
-            the 1-based line number.
-    """
-    path = os.fspath(jsonl_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"dynamics file not found: {path}")
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON ({err.msg})") from err
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(obj)
-    return records
+METRIC_KEYS: dict[str, str] = {name: name.replace("_", " ") for name in METRIC_NAMES}
 
 
 def _is_number(x: Any) -> bool:

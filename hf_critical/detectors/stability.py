@@ -10,6 +10,9 @@ from typing import Any, ClassVar
 from ..names import METRIC_NAMES, normalize_metric_names
 from .base import _RELATIVE_FLOOR, Detector, _check_int, _is_real, _WindowMeans, parse_span
 
+#: The metric the stability rule watches by default (also the default of ``detector_metrics``).
+DEFAULT_METRICS = ("layer_rotation",)
+
 
 class StabilityDetector(Detector):
     """Fires when a metric's smoothed value stops changing.
@@ -37,7 +40,7 @@ class StabilityDetector(Detector):
 
     def __init__(
         self,
-        metrics: str | Iterable[str] = ("gradient_confusion",),
+        metrics: str | Iterable[str] = DEFAULT_METRICS,
         threshold: float = 0.05,
         patience: int = 2,
         window: int | str = "0.25ep",

@@ -27,9 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..metrics import PairwiseGradientCosines
-from ..names import AUGMENT_ON_DEVICE_KEY as ON_DEVICE_KEY
-from ..names import RESERVED_KEYS, SEED_KEY, SINGLE_KEY
-from ..names import ROWS_PER_SAMPLE_KEY as ROWS_KEY
+from ..names import AUGMENT_ON_DEVICE_KEY, RESERVED_KEYS, ROWS_PER_SAMPLE_KEY, SEED_KEY, SINGLE_KEY
 from .distributed import _ddp_module, all_reduce_with_confusion
 
 logger = logging.getLogger(__name__)
@@ -91,7 +89,7 @@ def split_batch(batch: Mapping[str, Any], rows_per_sample: int = 1, parts: int =
 
 
 def _augments_on_device(batch) -> bool:
-    return isinstance(batch, Mapping) and bool(batch.get(ON_DEVICE_KEY, False))
+    return isinstance(batch, Mapping) and bool(batch.get(AUGMENT_ON_DEVICE_KEY, False))
 
 
 @dataclass
@@ -188,12 +186,12 @@ class MicroBatchMixin:
         if not isinstance(batch, Mapping) or not any(key in batch for key in RESERVED_KEYS):
             return batch
         batch = dict(batch)
-        if batch.get(ON_DEVICE_KEY, False):
+        if batch.get(AUGMENT_ON_DEVICE_KEY, False):
             # Augmented in training_step, after the Trainer restores the RNG state on resume.
-            batch.pop(ROWS_KEY, None)
+            batch.pop(ROWS_PER_SAMPLE_KEY, None)
             batch.pop(SINGLE_KEY, None)
             return batch
-        rows = batch.pop(ROWS_KEY, 1)
+        rows = batch.pop(ROWS_PER_SAMPLE_KEY, 1)
         single = batch.pop(SINGLE_KEY, None)
         wanted = self._step_rows_per_sample
         if single is not None and self.augmentation.switched:
@@ -208,9 +206,9 @@ class MicroBatchMixin:
 
     def _augment_on_device(self, batch):
         batch = dict(batch)
-        batch.pop(ON_DEVICE_KEY)
+        batch.pop(AUGMENT_ON_DEVICE_KEY)
         batch = dict(self.augmentation.augment_batch(self._prepare_inputs(batch), copies=self._step_rows_per_sample))
-        batch.pop(ROWS_KEY, None)
+        batch.pop(ROWS_PER_SAMPLE_KEY, None)
         batch.pop(SINGLE_KEY, None)
         batch.pop(SEED_KEY, None)
         return batch

@@ -396,8 +396,8 @@ def test_state_is_json_and_restores_without_configure():
 
 
 def test_describe():
-    assert StabilityDetector().describe() == (
-        "stability(gradient_confusion, threshold=0.05, patience=2, window=0.25ep, warmup=0.5ep, any)"
+    assert StabilityDetector().describe() == (  # the default metric is that of `detector_metrics`
+        "stability(layer_rotation, threshold=0.05, patience=2, window=0.25ep, warmup=0.5ep, any)"
     )
     assert StabilityDetector([GC, LR], window=200, warmup=0, mode="all").describe() == (
         "stability(gradient_confusion+layer_rotation, threshold=0.05, patience=2, window=200 steps, "

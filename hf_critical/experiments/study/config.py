@@ -159,7 +159,7 @@ class StudyConfig:
     #: Where `report` writes runs.csv, summary, plots and the full arms' metric logs (None: ``output_dir``).
     #: The runs themselves (weights, logs) stay in ``output_dir``.
     results_dir: str | None = None
-    #: Prices of the money columns (`hf_critical.savings` names the sources of the defaults).
+    #: Prices of the money columns (`hf_critical.experiments.savings` names the sources of the defaults).
     price_per_kwh: float = DEFAULT_PRICE_PER_KWH
     price_per_accelerator_hour: float = DEFAULT_PRICE_PER_ACCELERATOR_HOUR
     keep_models: bool = False

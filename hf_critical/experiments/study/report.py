@@ -56,15 +56,9 @@ def export_dynamics(runs: Sequence[Run], folder: str) -> list[str]:
 
 def read_dynamics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a ``dynamics.jsonl`` file, gzipped (``.gz``, as `export_dynamics` writes) or not."""
-    import gzip
-
     from ...io.dynamics_log import read_dynamics
 
-    path = os.fspath(path)
-    if not path.endswith(".gz"):
-        return read_dynamics(path)
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_dynamics(path)
 
 
 # ---- the whole report -------------------------------------------------------------------------------
@@ -170,13 +164,13 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             "## Metric logs",
             "",
             f"The {len(logs)} finished full runs' dynamics.jsonl (all metrics, every measured step), gzipped in "
-            "dynamics/<task>/seed<s>.jsonl.gz: `hf_critical.study.read_dynamics_file` reads them and "
+            "dynamics/<task>/seed<s>.jsonl.gz: `hf_critical.experiments.study.read_dynamics_file` reads them and "
             "`replay_detector` replays any detector on them.",
             "",
         ]
     prices = (
         f"Money at {config.price_per_accelerator_hour:g} USD per accelerator-hour (the train time) plus "
-        f"{config.price_per_kwh:g} USD per kWh (the estimated energy); sources of the defaults in hf_critical.savings."
+        f"{config.price_per_kwh:g} USD per kWh (the estimated energy); sources of the defaults in hf_critical.experiments.savings."
     )
     lines.insert(2, prices)
     lines.insert(3, "")
