@@ -52,14 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         estimates = study.estimate_wall_seconds(study.plan_runs(config))
         pending_seconds, unknown = 0.0, 0
+        committed = study.committed_rows(config)
+        status_of = {run.key: "done" if run.key in committed else study.run_status(run) for run in runs}
         for run in runs:
-            status, estimate = study.run_status(run), estimates.get(run.key)
+            status, estimate = status_of[run.key], estimates.get(run.key)
             shown = "" if estimate is None else f", {estimate:.0f} s" + (" measured" if status == "done" else " estimated")
             print(f"{status:8s} {run.key}  ({run.recipe}, {run.output_dir}{shown})")
             if status != "done":
                 pending_seconds += estimate or 0.0
                 unknown += estimate is None
-        pending = sum(study.run_status(run) != "done" for run in runs)
+        pending = sum(status != "done" for status in status_of.values())
         print(
             f"{len(runs)} runs, {pending} to run: about {pending_seconds / 3600:.1f} h with one job"
             + (f" for those with a basis ({unknown} without one: no finished none/full run of their task)" if unknown else "")

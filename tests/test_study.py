@@ -526,3 +526,49 @@ def test_the_quick_study_runs_every_testbed_and_writes_the_sweep_tables(tmp_path
         assert float(rows[("finetune", "fixed@50%:augmented")]["accuracy"]) >= 0.0
         assert not list((tmp_path / "runs" / "finetune").rglob("*.safetensors"))  # only the pretraining is kept
         assert list((tmp_path / "runs" / "pretrain").rglob("*.safetensors"))
+
+
+def test_a_fresh_clone_keeps_the_committed_rows_and_does_not_redo_their_runs(tmp_path):
+    """The outputs of finished runs are not committed; their rows in runs.csv and the full runs' logs are."""
+    import gzip
+
+    raw = {
+        "output_dir": str(tmp_path / "outputs"),
+        "results_dir": str(tmp_path / "results"),
+        "seeds": [0],
+        "tasks": {"digits": {"recipe": "run_vit", "args": {"num_train_epochs": 4}, "arms": ["full", "detector:fraction"]}},
+    }
+    config = study.config_from_dict(raw)
+    runs = study.plan_runs(config)
+    committed = [
+        {"task": "digits", "arm": "full", "seed": 0, "status": "done", "accuracy": 0.9, "optimizer_steps": 40,
+         "num_epochs": 4.0, "train_seconds": 12.5, "energy_is_estimate": True},
+        {"task": "digits", "arm": "detector:fraction", "seed": 0, "status": "done", "accuracy": 0.91,
+         "switch_step": 8, "optimizer_steps": 40, "num_epochs": 4.0, "train_seconds": 7.0},
+    ]
+    os.makedirs(config.results_dir)
+    study.write_csv(committed, os.path.join(config.results_dir, "runs.csv"))
+    log = study.exported_dynamics_path(os.path.join(config.results_dir, "dynamics"), runs[0])
+    os.makedirs(os.path.dirname(log))
+    with gzip.open(log, "wt", encoding="utf-8") as fh:
+        for step in range(2, 41, 2):
+            fh.write(json.dumps({"step": step, "epoch": step / 10, "layer_rotation": {"value": 1e-3 * step}}) + "\n")
+
+    assert [study.run_status(run) for run in runs] == ["pending", "pending"]  # no outputs here
+    messages = []
+    statuses = study.execute(config, runs, echo=messages.append)  # would fail at once if it ran a recipe
+    assert statuses == {"digits/full/seed0": "done", "digits/detector:fraction/seed0": "done"}
+    assert all("committed runs.csv" in message for message in messages)
+    rows = study.collect(config, runs)
+    assert [row["accuracy"] for row in rows] == [0.9, 0.91] and rows[0]["energy_is_estimate"] is True
+    assert rows[0]["optimizer_steps"] == 40 and rows[0]["train_seconds"] == 12.5
+    # The detector is replayed on the exported log: fraction 0.2 of 40 steps, and the arm's own step beside it.
+    (replayed,) = study.replay_rows(config, runs)
+    assert replayed["replayed_step"] == 8 and replayed["run_switch_step"] == 8 and replayed["steps_per_epoch"] == 10
+    # Rewriting the tables keeps the committed rows.
+    study.report(config, runs)
+    again = study.read_csv_rows(os.path.join(config.results_dir, "runs.csv"))
+    assert [(row["arm"], row["status"], row["accuracy"]) for row in again] == [
+        ("full", "done", 0.9),
+        ("detector:fraction", "done", 0.91),
+    ]

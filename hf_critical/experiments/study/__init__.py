@@ -63,13 +63,24 @@ from .config import (
     StudyConfig,
     Task,
     config_from_dict,
+    exported_dynamics_path,
     load_config,
     parse_arm,
     plan_runs,
 )
 from .plots import plot_arm_curves, plot_depth, plot_fraction_oracle, plot_metric_curves, plot_task
 from .report import export_dynamics, read_dynamics_file, report
-from .rows import COLUMNS, collect, in_training_eval_seconds, money_columns, protocol_saving, result_row, write_csv
+from .rows import (
+    COLUMNS,
+    collect,
+    committed_rows,
+    in_training_eval_seconds,
+    money_columns,
+    protocol_saving,
+    read_csv_rows,
+    result_row,
+    write_csv,
+)
 from .runner import estimate_wall_seconds, eval_history, execute, recipe_path, run_status, validation_switch_step
 from .summary import (
     best_fraction,
@@ -107,6 +118,8 @@ __all__ = [
     "WALL_FILE",
     "best_fraction",
     "collect",
+    "committed_rows",
+    "exported_dynamics_path",
     "config_from_dict",
     "detector_values",
     "earliest_no_loss_fraction",
@@ -130,6 +143,7 @@ __all__ = [
     "plot_metric_curves",
     "plot_task",
     "protocol_saving",
+    "read_csv_rows",
     "read_dynamics_file",
     "recipe_path",
     "replay_detector",

@@ -402,3 +402,8 @@ def _wall_seconds(output_dir: str) -> float | None:
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh).get("wall_seconds")
+
+
+def exported_dynamics_path(folder: str, run: Run) -> str:
+    """Where `export_dynamics` writes a full run's gzipped ``dynamics.jsonl`` inside ``folder``."""
+    return os.path.join(folder, run.task, f"seed{run.seed}.jsonl.gz")

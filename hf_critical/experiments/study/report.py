@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...arguments import AFTER_SWITCH_MODES
-from .config import Run, StudyConfig
+from .config import Run, StudyConfig, exported_dynamics_path, run_status
 from .plots import plot_arm_curves, plot_depth, plot_fraction_oracle, plot_metric_curves, plot_task
 from .rows import collect, write_csv
-from .runner import run_status
 from .summary import (
     best_fraction,
     earliest_no_loss_fraction,
@@ -44,7 +43,7 @@ def export_dynamics(runs: Sequence[Run], folder: str) -> list[str]:
         source = os.path.join(run.output_dir, DYNAMICS_FILE)
         if run.arm.kind != "full" or run_status(run) != "done" or not os.path.isfile(source):
             continue
-        target = os.path.join(folder, run.task, f"seed{run.seed}.jsonl.gz")
+        target = exported_dynamics_path(folder, run)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(source, "rb") as src, open(target, "wb") as raw, gzip.GzipFile(
             fileobj=raw, mode="wb", compresslevel=9, mtime=0, filename=""

@@ -33,11 +33,50 @@ COLUMNS = (
 )
 
 
+def _cell_value(text: str) -> Any:
+    """A CSV cell back as the value `write_csv` wrote: None, a bool, an int, a float or the string."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv_rows(path: str) -> list[dict[str, Any]]:
+    """The rows of a CSV written by `write_csv`, with the values parsed back ([] if there is no file)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [{key: _cell_value(value) for key, value in row.items()} for row in csv.DictReader(fh)]
+
+
+def committed_rows(config: StudyConfig) -> dict[str, dict[str, Any]]:
+    """The finished runs' rows of the study's committed ``runs.csv``, by run key (``task/arm/seed<s>``).
+
+    A run whose outputs are gone (a fresh clone: ``output_dir`` is not committed) but whose row was
+    committed is finished: `execute` skips it and `collect` keeps its row, so no finished run is redone
+    or dropped from the tables.
+    """
+    if not config.results_dir:
+        return {}
+    rows = read_csv_rows(os.path.join(config.results_dir, "runs.csv"))
+    return {f"{row['task']}/{row['arm']}/seed{row['seed']}": row for row in rows if row.get("status") == "done"}
+
+
 def collect(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per run (finished or not) with the numbers its results file holds."""
+    """One row per run (finished or not) with the numbers its results file (or its committed row) holds."""
+    committed = committed_rows(config)
     rows = []
     for run in runs:
         row: dict[str, Any] = {"task": run.task, "arm": run.arm.name, "seed": run.seed, "status": run_status(run)}
+        if row["status"] != "done" and run.key in committed:
+            rows.append(dict(committed[run.key]))
+            continue
         if row["status"] == "done":
             with open(run.results_path, encoding="utf-8") as fh:
                 results = json.load(fh)

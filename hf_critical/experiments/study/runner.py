@@ -30,6 +30,7 @@ from .config import (
     _wall_seconds,
     run_status,
 )
+from .rows import committed_rows
 
 # ---- validation baseline ----------------------------------------------------------------------------
 
@@ -95,12 +96,13 @@ def execute(
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"`jobs` must be an integer >= 1, got {jobs!r}")
     finished = {run.key: threading.Event() for run in runs}
+    committed = committed_rows(config)
     statuses: dict[str, str] = {}
 
     def one(index: int, run: Run) -> None:
         prefix = f"[{index}/{len(runs)}]"
         try:
-            statuses[run.key] = _run_or_skip(config, run, retry_failed, timeout, prefix, finished, echo)
+            statuses[run.key] = _run_or_skip(config, run, retry_failed, timeout, prefix, finished, echo, committed)
         finally:
             finished[run.key].set()
 
@@ -122,11 +124,15 @@ def _run_or_skip(
     prefix: str,
     finished: Mapping[str, threading.Event],
     echo: Any,
+    committed: Mapping[str, Any] | None = None,
 ) -> str:
     status = run_status(run)
     if status == "done" or (status == "failed" and not retry_failed):
         echo(f"{prefix} {run.key}: {status}, skipped")
         return status
+    if run.key in (committed or {}):
+        echo(f"{prefix} {run.key}: done (its row is in the committed runs.csv), skipped")
+        return "done"
     args = dict(run.args)
     if run.arm.kind == "validation":
         full_key = f"{run.task}/full/seed{run.seed}"

@@ -12,8 +12,8 @@ from typing import Any
 
 from ...arguments import AFTER_SWITCH_MODES
 from ...detectors import replay_detector
-from .config import Arm, Run, StudyConfig, Task, parse_arm
-from .runner import _task, run_status
+from .config import Arm, Run, StudyConfig, Task, _task, exported_dynamics_path, parse_arm, run_status
+from .rows import committed_rows
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -180,15 +180,23 @@ def replay_rows(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]
     from ...names import DYNAMICS_FILE
 
     done = {run.key: run for run in runs if run_status(run) == "done"}
+    committed = committed_rows(config)
     rows = []
     for run in runs:
-        if run.arm.kind != "full" or run.key not in done:
+        if run.arm.kind != "full" or (run.key not in done and run.key not in committed):
             continue
         task = _task(config, run.task)
         try:
-            records = read_dynamics(os.path.join(run.output_dir, DYNAMICS_FILE))
-            steps_per_epoch, epochs = steps_per_epoch_of(run.output_dir)
-        except (FileNotFoundError, ValueError, KeyError):
+            if run.key in done:
+                records = read_dynamics(os.path.join(run.output_dir, DYNAMICS_FILE))
+                steps_per_epoch, epochs = steps_per_epoch_of(run.output_dir)
+            else:
+                # A fresh clone: the run's outputs are gone, its exported log and its committed row are not.
+                records = read_dynamics(exported_dynamics_path(os.path.join(config.results_dir or config.output_dir, "dynamics"), run))
+                row = committed[run.key]
+                epochs = float(row["num_epochs"])
+                steps_per_epoch = max(1, round(int(row["optimizer_steps"]) / epochs))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             continue
         for name, arm in detector_arms.items():
             kwargs = task_detector_kwargs(task, arm)
@@ -198,12 +206,14 @@ def replay_rows(config: StudyConfig, runs: Sequence[Run]) -> list[dict[str, Any]
             except ValueError as err:  # e.g. a rule whose plan does not fit this run's length
                 rows.append({"task": run.task, "seed": run.seed, "detector": name, "error": str(err)})
                 continue
-            real = done.get(f"{run.task}/{name}/seed{run.seed}")
-            real_step = None
+            key = f"{run.task}/{name}/seed{run.seed}"
+            real, real_step = done.get(key), None
             if real is not None:
                 with open(real.results_path, encoding="utf-8") as fh:
                     period = json.load(fh).get("critical_period") or {}
                 real_step = period.get("switch_step")
+            elif key in committed:
+                real_step = committed[key].get("switch_step")
             rows.append(
                 {
                     "task": run.task,
