@@ -1,11 +1,9 @@
-"""Deprecated path, kept for one release: `hf_critical.adapters` is now `hf_critical.metrics.lora`.
+"""Deprecated alias of `hf_critical.metrics.lora`, kept for one release: import that instead.
 
 This module is that module (an alias in ``sys.modules``), so imports and monkeypatches of either
 name reach the same objects.
 """
 
-import sys
+from ._modules import alias_module
 
-from .metrics import lora as _module
-
-sys.modules[__name__] = _module
+alias_module(__name__, "hf_critical.metrics.lora")

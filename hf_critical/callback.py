@@ -1,11 +1,9 @@
-"""Deprecated path, kept for one release: `hf_critical.callback` is now `hf_critical.callbacks.dynamics`.
+"""Deprecated alias of `hf_critical.callbacks.dynamics`, kept for one release: import that instead.
 
 This module is that module (an alias in ``sys.modules``), so imports and monkeypatches of either
 name reach the same objects.
 """
 
-import sys
+from ._modules import alias_module
 
-from .callbacks import dynamics as _module
-
-sys.modules[__name__] = _module
+alias_module(__name__, "hf_critical.callbacks.dynamics")

@@ -1,16 +1,9 @@
 """Deprecated alias of `hf_critical.experiments.energy`, kept for one release: import that instead.
 
-This module replaces itself with the new one in `sys.modules`, so ``import hf_critical.energy`` gives the
-very module object of ``hf_critical.experiments.energy`` (and monkeypatching either patches both).
+This module is that module (an alias in ``sys.modules``), so imports and monkeypatches of either
+name reach the same objects.
 """
 
-import importlib
-import sys
-import warnings
+from ._modules import alias_module
 
-warnings.warn(
-    "hf_critical.energy moved to hf_critical.experiments.energy; the old path goes in the next release",
-    DeprecationWarning,
-    stacklevel=2,
-)
-sys.modules[__name__] = importlib.import_module("hf_critical.experiments.energy")
+alias_module(__name__, "hf_critical.experiments.energy")

@@ -1,16 +1,9 @@
 """Deprecated alias of `hf_critical.experiments.savings`, kept for one release: import that instead.
 
-This module replaces itself with the new one in `sys.modules`, so ``import hf_critical.savings`` gives the
-very module object of ``hf_critical.experiments.savings`` (and monkeypatching either patches both).
+This module is that module (an alias in ``sys.modules``), so imports and monkeypatches of either
+name reach the same objects.
 """
 
-import importlib
-import sys
-import warnings
+from ._modules import alias_module
 
-warnings.warn(
-    "hf_critical.savings moved to hf_critical.experiments.savings; the old path goes in the next release",
-    DeprecationWarning,
-    stacklevel=2,
-)
-sys.modules[__name__] = importlib.import_module("hf_critical.experiments.savings")
+alias_module(__name__, "hf_critical.experiments.savings")

@@ -1,10 +1,9 @@
-"""Deprecated path, kept for one release: `hf_critical.study` is now `hf_critical.experiments.study`.
+"""Deprecated alias of `hf_critical.experiments.study`, kept for one release: import that instead.
 
-This module is that package (an alias in ``sys.modules``), so imports of either name reach the same objects.
+This module is that module (an alias in ``sys.modules``), so imports and monkeypatches of either
+name reach the same objects.
 """
 
-import sys
+from ._modules import alias_module
 
-from .experiments import study as _module
-
-sys.modules[__name__] = _module
+alias_module(__name__, "hf_critical.experiments.study")
