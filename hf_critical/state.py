@@ -14,6 +14,7 @@ field                     written by                 read by
 ``resume_checkpoint``     the trainer (``train``)    the dynamics callback (files to restore)
 ``confusion_from_...``    the trainer                the dynamics callback
 ``unlogged``              both callbacks             the trainer's next training log
+``repeat_plan``           the trainer (repeat mode)  the switch callback (epoch lengths)
 ========================  =========================  ===========================================
 
 `CriticalPeriodTrainer` saves the persistent fields into every checkpoint's ``trainer_state.json``
@@ -61,6 +62,9 @@ class RunState:
     confusion_from_trainer: bool = False
     #: Log values measured since the last training log; the trainer's next training log takes them.
     unlogged: dict[str, float] = field(default_factory=dict)
+    #: augment_mode="repeat": the run's `hf_critical.trainer.repeat_plan.RepeatPlan` (epochs of varying
+    #: length), set by the trainer, read by the switch callback; None in batch mode.
+    repeat_plan: Any = None
 
     #: Fields saved in checkpoints; the others are rebuilt by every run.
     PERSISTENT = ("critical_period", "learning_rate_sum")

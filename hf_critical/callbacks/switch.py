@@ -63,8 +63,6 @@ class CriticalPeriodCallback(TrainerCallback):
         #: Shared with the dynamics callback and the trainer (`hf_critical.state`).
         self.run_state = dynamics.run_state
         self._steps_per_epoch = 1
-        #: augment_mode="repeat": the trainer's `hf_critical.trainer.repeat_plan.RepeatPlan` (epochs of varying length).
-        self.plan = None
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -77,6 +75,11 @@ class CriticalPeriodCallback(TrainerCallback):
     def learning_rate_sum(self) -> float:
         """The sum of the learning rates of all optimizer steps so far."""
         return self.run_state.learning_rate_sum
+
+    @property
+    def plan(self):
+        """augment_mode="repeat": the run's `hf_critical.trainer.repeat_plan.RepeatPlan` (in the `RunState`), else None."""
+        return self.run_state.repeat_plan
 
     @property
     def copies(self) -> int:

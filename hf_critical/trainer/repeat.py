@@ -47,7 +47,7 @@ class RepeatTrainerMixin:
             raise ValueError("Trainer: training requires a train_dataset.")
         self._repeat_dataset = RepeatDataset(self.train_dataset)
         self.repeat_plan = self._make_repeat_plan()
-        self.switch.plan = self.repeat_plan
+        self.run_state.repeat_plan = self.repeat_plan
         sampler = RepeatBatchSampler(self.repeat_plan)
         args = self.args
         loader = DataLoader(
