@@ -27,7 +27,8 @@ import torch
 import yaml
 from transformers import get_scheduler
 
-from hf_critical.study import config_from_dict, read_dynamics_file, replay_detector, steps_per_epoch_of
+from hf_critical.detectors import replay_detector
+from hf_critical.experiments.study import config_from_dict, read_dynamics_file, steps_per_epoch_of
 
 METRICS = ("gradient_confusion", "gradient_predictability", "layer_rotation")
 

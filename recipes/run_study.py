@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from hf_critical import study
+from hf_critical.experiments import study
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,8 +182,8 @@ def test_options_are_declared_once_and_parsed_generically():
 
 
 def test_replay_follows_the_logged_learning_rate_like_the_live_run():
-    """study.replay_detector feeds the rate rule the learning rates recovered from learning_rate_sum."""
-    from hf_critical.study import learning_rates_from_records, replay_detector
+    """replay_detector feeds the rate rule the learning rates recovered from learning_rate_sum."""
+    from hf_critical.detectors import learning_rates_from_records, replay_detector
 
     spe, epochs = 8, 60
     total = spe * epochs

@@ -8,9 +8,10 @@ import os
 import statistics
 
 import pytest
-from helpers import common_args, image_dataset, tiny_vit
+from helpers import REPO_ROOT, common_args, image_dataset, tiny_vit
 
-from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator, study
+from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator
+from hf_critical.experiments import study
 from hf_critical.plotting import read_dynamics
 
 
@@ -492,8 +493,8 @@ def test_a_study_runs_skips_what_is_done_keeps_going_after_a_failure_and_reports
 
 # ---- the quick study: every kind of testbed, tiny ---------------------------------------------------
 
-QUICK = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "study_quick.yaml")
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+QUICK = os.path.join(REPO_ROOT, "recipes", "configs", "study_quick.yaml")
+DATA = os.path.join(REPO_ROOT, "..", "shared", "data")
 
 
 @pytest.mark.slow
@@ -501,7 +502,7 @@ def test_the_quick_study_runs_every_testbed_and_writes_the_sweep_tables(tmp_path
     """study_quick.yaml end to end (a few minutes): fractions, both meanings of k = 1, ResNet, transfer, cutoff."""
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
     import run_study
 
     has_data = os.path.isdir(os.path.join(DATA, "cifar10")) and os.path.isdir(os.path.join(DATA, "sst2"))
