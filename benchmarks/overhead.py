@@ -86,6 +86,9 @@ SEED = 0
 #: Configuration name -> measure every N optimizer steps (None: the plain transformers.Trainer).
 CONFIGURATIONS: dict[str, int | None] = {"plain": None, "default": DEFAULT_EVERY_N_STEPS, "every_step": 1}
 
+#: `--unmeasured`: measure so rarely that no run reaches a measurement (what every step pays without one).
+UNMEASURED_EVERY_N_STEPS = 10**9
+
 #: The overhead each configuration aims at, as a ratio of its step time to plain's.
 TARGET_RATIOS = {"default": 1.02, "every_step": 1.15}
 
@@ -244,23 +247,31 @@ class StepTimer(TrainerCallback):
 
     def __init__(self):
         self.step_seconds: list[float] = []
+        #: CPU time of this process per step (all its threads): on a shared CPU far less sensitive than the
+        #: wall time to what other processes run; meaningless for GPU work (not recorded on CUDA).
+        self.step_cpu_seconds: list[float] = []
         self._started = 0.0
+        self._started_cpu = 0.0
         self._synchronize = torch.cuda.is_available()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._synchronize:
             torch.cuda.synchronize()
         self._started = time.perf_counter()
+        self._started_cpu = time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._synchronize:
             torch.cuda.synchronize()
         self.step_seconds.append(time.perf_counter() - self._started)
+        if not self._synchronize:
+            self.step_cpu_seconds.append(time.process_time() - self._started_cpu)
 
 
 @dataclass
 class RunResult:
     step_seconds: list[float]
+    step_cpu_seconds: list[float]
     train_seconds: float
     cuda_peak_mib: float | None
 
@@ -342,7 +353,7 @@ def train_once(
         torch.cuda.empty_cache()
     if len(timer.step_seconds) != steps:
         raise RuntimeError(f"{spec.name}/{configuration}: timed {len(timer.step_seconds)} steps, expected {steps}")
-    return RunResult(timer.step_seconds, train_seconds, cuda_peak_mib)
+    return RunResult(timer.step_seconds, timer.step_cpu_seconds, train_seconds, cuda_peak_mib)
 
 
 def memory_child_main(model_name: str, configuration: str) -> None:
@@ -369,6 +380,7 @@ def run_memory_child(model_name: str, configuration: str, threads: int) -> dict:
         configuration,
         "--threads",
         str(threads),
+        *(["--unmeasured"] if configuration == "unmeasured" else []),
     ]
     # With its default dynamic mmap threshold, glibc serves blocks freed by earlier steps from its heap
     # and keeps them resident, so peak RSS follows the allocator's history and hides differences of a
@@ -393,6 +405,15 @@ class ConfigurationSummary:
     cuda_peaks_mib: list[float]
     rss_peaks_mib: list[float] = field(default_factory=list)  # one per memory child
     rss_peak_covers: str = "training"  # or "process" where the high-water mark could not be reset
+    run_cpu_means: list[float] = field(default_factory=list)  # CPU seconds per step, one per repetition (CPU only)
+    #: In-run cost of one measurement (seconds): its two touched steps (the confusion step before it and the
+    #: measured step) minus two of the run's untouched steps (median), one per repetition; `default` only.
+    measurement_costs: list[float] = field(default_factory=list)
+    untouched_steps: list[float] = field(default_factory=list)  # median untouched step, one per repetition
+
+    @property
+    def median_cpu_step(self) -> float | None:
+        return statistics.median(self.run_cpu_means) if self.run_cpu_means else None
 
     @property
     def median_step(self) -> float:
@@ -420,6 +441,12 @@ def benchmark_model(spec: ModelSpec, steps: int, options: argparse.Namespace) ->
             timed = result.step_seconds[options.warmup :]
             summary = summaries[configuration]
             summary.run_means.append(statistics.fmean(timed))
+            if result.step_cpu_seconds:
+                summary.run_cpu_means.append(statistics.fmean(result.step_cpu_seconds[options.warmup :]))
+            cost = measurement_cost(result.step_seconds, options.warmup, CONFIGURATIONS[configuration])
+            if cost is not None:
+                summary.measurement_costs.append(cost[0])
+                summary.untouched_steps.append(cost[1])
             summary.outside_steps.append(result.train_seconds - sum(result.step_seconds))
             if result.cuda_peak_mib is not None:
                 summary.cuda_peaks_mib.append(result.cuda_peak_mib)
@@ -441,6 +468,27 @@ def benchmark_model(spec: ModelSpec, steps: int, options: argparse.Namespace) ->
     return ModelResult(spec, steps, weights_mib(build_model(spec)), summaries)
 
 
+def measurement_cost(step_seconds: list[float], warmup: int, every_n_steps: int | None) -> tuple[float, float] | None:
+    """(mean extra seconds of one measurement, median untouched step) from one run's own step times.
+
+    A measurement at step s touches steps s - 1 (its confusion batch is split, its gradient kept) and s;
+    the other steps of the run are untouched. Neighbouring steps of one process share the machine's
+    conditions, so this difference is far less noisy than a ratio between separate runs. None for runs
+    without measurements or without untouched steps (every step measured).
+    """
+    if every_n_steps is None or every_n_steps < 3:
+        return None
+    steps = range(warmup + 1, len(step_seconds) + 1)
+    touched = {s for s in steps if s % every_n_steps == 0} | {s - 1 for s in steps if s % every_n_steps == 0}
+    measured = [s for s in steps if s % every_n_steps == 0 and s - 1 in steps]
+    untouched = [step_seconds[s - 1] for s in steps if s not in touched]
+    if not measured or not untouched:
+        return None
+    base = statistics.median(untouched)
+    extra = [step_seconds[s - 1] + step_seconds[s - 2] - 2 * base for s in measured]
+    return statistics.fmean(extra), base
+
+
 def measurements_in_window(first_timed_step: int, last_step: int, every_n_steps: int | None) -> int:
     if every_n_steps is None:
         return 0
@@ -458,6 +506,9 @@ def markdown_report(results: list[ModelResult], options: argparse.Namespace) -> 
         "vs plain",
         "target",
         "met",
+        "vs plain (CPU time)",
+        "measurement (ms, in-run)",
+        "at every 10 steps (in-run)",
         "outside steps (s)",
     ]
     if with_rss:
@@ -487,6 +538,9 @@ def markdown_report(results: list[ModelResult], options: argparse.Namespace) -> 
                 f"{ratio:.3f}",
                 "" if target is None else f"≤ {target:.2f}",
                 "" if target is None else ("yes" if ratio <= target else "no"),
+                cpu_ratio(summary, plain),
+                "" if not summary.measurement_costs else f"{1000 * statistics.median(summary.measurement_costs):.0f}",
+                "" if not summary.measurement_costs else f"{amortised(summary, CONFIGURATIONS['default']):.3f}",
                 f"{statistics.median(summary.outside_steps):.2f}",
             ]
             if with_rss:
@@ -519,6 +573,17 @@ def markdown_report(results: list[ModelResult], options: argparse.Namespace) -> 
     return "\n".join(lines) + "\n"
 
 
+def cpu_ratio(summary: ConfigurationSummary, plain: ConfigurationSummary) -> str:
+    if summary.median_cpu_step is None or plain.median_cpu_step is None:
+        return ""
+    return f"{summary.median_cpu_step / plain.median_cpu_step:.3f}"
+
+
+def amortised(summary: ConfigurationSummary, every_n_steps: int) -> float:
+    """1 + one measurement's in-run cost spread over ``every_n_steps`` untouched steps (medians over repetitions)."""
+    return 1 + statistics.median(summary.measurement_costs) / (every_n_steps * statistics.median(summary.untouched_steps))
+
+
 def method_note(results: list[ModelResult], options: argparse.Namespace) -> str:
     note = (
         f"Step time: median over {options.reps} repetitions of each run's mean optimizer-step time (the first "
@@ -533,6 +598,17 @@ def method_note(results: list[ModelResult], options: argparse.Namespace) -> str:
         )
     if torch.cuda.is_available():
         note += " Extra peak CUDA: `torch.cuda.max_memory_allocated` of the timed runs (median), minus `plain`'s."
+    else:
+        note += (
+            " `vs plain (CPU time)`: the same ratio of the process's CPU time per step (all its threads), which"
+            " other processes on a shared CPU disturb far less than the wall time."
+        )
+    note += (
+        " `measurement (ms, in-run)`: in each `default` run, the two steps a measurement touches (the split"
+        " confusion step and the measured step) minus two of the same run's untouched steps (median over"
+        " repetitions); `at every 10 steps (in-run)`: 1 + that cost over 10 untouched steps, the default"
+        " schedule's overhead from neighbouring steps of one process (it leaves out any cost every step pays)."
+    )
     return note
 
 
@@ -570,9 +646,16 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="memory child processes per model and configuration, median taken (default 1: peaks repeat within 1 MiB)",
     )
+    parser.add_argument(
+        "--unmeasured",
+        action="store_true",
+        help="add the control `unmeasured`: CriticalPeriodTrainer with the metrics on but no measurement in the run",
+    )
     parser.add_argument("--output", help="also write the markdown table to this file")
     parser.add_argument("--_memory_child", nargs=2, metavar=("MODEL", "CONFIGURATION"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.unmeasured:
+        CONFIGURATIONS["unmeasured"] = UNMEASURED_EVERY_N_STEPS
     for name in ("reps", "memory_reps", "threads"):
         if getattr(options, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(options, name)}")
