@@ -83,7 +83,11 @@ class CriticalPeriodCallback(TrainerCallback):
 
     @property
     def copies(self) -> int:
-        """Rows per sample the next training batches get (k before the switch, 1 after)."""
+        """Copies of each sample from the next step on: k before the switch, 1 after.
+
+        In batch mode the rows per sample of the next training batches; in repeat mode the passes per epoch
+        (every step holds one row per sample).
+        """
         if self.collator is None:
             return 1
         if self.plan is not None:
