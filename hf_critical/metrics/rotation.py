@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -54,53 +53,19 @@ def layer_rotation(
         flat_0 = theta_0.detach().reshape(-1).to(device=flat_t.device, dtype=dtype)
         known = None if initial_sq_norms is None else initial_sq_norms.get(name)
         sq_0 = torch.dot(flat_0, flat_0) if known is None else torch.tensor(float(known), dtype=dtype, device=flat_t.device)
-        sq_t = torch.dot(flat_t, flat_t)
-        if reduce is None:
-            # |θt/|θt| - θ0/|θ0||² = 2 (1 - cos), reduced from the small difference itself: see _rotations.
-            unit_difference = flat_t / sq_t.sqrt() - flat_0 / sq_0.sqrt()
-            first = torch.dot(unit_difference, unit_difference)
-        else:
-            # Shards (FSDP2): the norms are global only after the reduction, so the dot product is reduced.
-            first = torch.dot(flat_t, flat_0)
-        stats.append(torch.stack([first, sq_0, sq_t]).double())
+        stats.append(torch.stack([torch.dot(flat_t, flat_0), sq_0, torch.dot(flat_t, flat_t)]).double())
         names.append(name)
     if not names:
         return MetricResult(None, {}, skipped, {"weighted_mean": None})
     values = torch.stack([s.to(stats[0].device) for s in stats])
     if reduce is not None:
         values = reduce(values)
-    firsts, sq_init, sq_cur = ([row[i] for row in values.tolist()] for i in range(3))  # one host synchronisation
-    if reduce is None:
-        per_layer = _rotations(names, firsts, sq_init, sq_cur, skipped)
-    else:
-        _, cosines = _pair_cosines(names, firsts, sq_init, sq_cur, skipped)
-        per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}
+    dots, sq_init, sq_cur = ([row[i] for row in values.tolist()] for i in range(3))  # one host synchronisation
+    _, cosines = _pair_cosines(names, dots, sq_init, sq_cur, skipped)
+    per_layer = {name: max(0.0, 1.0 - cosine) for name, cosine in cosines.items()}
     if not per_layer:
         return MetricResult(None, per_layer, skipped, {"weighted_mean": None})
     sizes = {name: sizes[name] for name in per_layer}
     mean = sum(per_layer.values()) / len(per_layer)
     weighted = sum(per_layer[n] * sizes[n] for n in per_layer) / sum(sizes.values())
     return MetricResult(mean, per_layer, skipped, {"weighted_mean": weighted})
-
-
-def _rotations(
-    names: list[str], unit_sq: list[float], sq_init: list[float], sq_cur: list[float], skipped: dict[str, int]
-) -> dict[str, float]:
-    """``1 - cos`` per layer as half the squared distance of the unit vectors, ``|θt/|θt| - θ0/|θ0||² / 2``.
-
-    The same quantity as ``1 - θ0·θt / (|θ0| |θt|)``, without its cancellation: that form subtracts two
-    numbers near 1, so in float32 a rotation of 1e-7 is mostly rounding (docs/benchmarks.md, sketches),
-    while here the small difference is reduced on its own; a rescaled layer's difference is zero up to
-    one rounding per value. Layers with a non-finite value or a zero norm are skipped.
-    """
-    per_layer: dict[str, float] = {}
-    for name, unit, n0, nt in zip(names, unit_sq, sq_init, sq_cur):
-        if not (math.isfinite(n0) and math.isfinite(nt)):
-            skipped["non_finite"] += 1
-        elif n0 <= 0.0 or nt <= 0.0:
-            skipped["zero_norm"] += 1
-        elif not math.isfinite(unit):
-            skipped["non_finite"] += 1
-        else:
-            per_layer[name] = min(2.0, max(0.0, unit / 2.0))
-    return per_layer
