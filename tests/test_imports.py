@@ -1,0 +1,35 @@
+"""The package's imports: light where they should be, and free of cycles."""
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO_ROOT
+
+PROBE = """
+import json, sys
+import hf_critical.detectors
+after_detectors = sorted(m for m in ("torch", "torch.distributed", "transformers") if m in sys.modules)
+import hf_critical
+after_package = sorted(m for m in ("hf_critical.trainer", "hf_critical.callbacks", "hf_critical.experiments") if m in sys.modules)
+print(json.dumps({"detectors": after_detectors, "package": after_package}))
+"""
+
+
+def test_the_detectors_and_the_package_import_without_torch_or_the_trainer():
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == {"detectors": [], "package": []}
+
+
+def test_every_core_module_imports_on_its_own():
+    """A fresh interpreter per module: an import cycle would fail whichever module of it comes first."""
+    modules = [
+        "hf_critical.names", "hf_critical.arguments", "hf_critical.state", "hf_critical.metrics",
+        "hf_critical.detectors.registry", "hf_critical.detectors.replay", "hf_critical.augmentation.base",
+        "hf_critical.callbacks.switch", "hf_critical.callbacks.dynamics", "hf_critical.trainer.batches",
+        "hf_critical.trainer.repeat", "hf_critical.io.dynamics_log", "hf_critical.plotting",
+    ]
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    for module in modules:
+        subprocess.run([sys.executable, "-c", code, module], cwd=REPO_ROOT, check=True, capture_output=True)
