@@ -573,3 +573,45 @@ def test_a_fresh_clone_keeps_the_committed_rows_and_does_not_redo_their_runs(tmp
         ("full", "done", 0.9),
         ("detector:fraction", "done", 0.91),
     ]
+
+
+def test_a_committed_run_that_keeps_its_model_is_rerun_when_the_model_is_not_here(tmp_path, monkeypatch):
+    """A pretraining's row may be committed, but a fresh clone lacks the model the fine-tuning arms read."""
+    from pathlib import Path
+
+    from hf_critical.experiments.study import runner
+
+    raw = {
+        "output_dir": str(tmp_path / "outputs"),
+        "results_dir": str(tmp_path / "results"),
+        "seeds": [0],
+        "tasks": {
+            "pretrain": {"recipe": "run_vit", "keep_models": True, "args": {}, "arms": ["fixed@0%:augmented"]},
+            "digits": {"recipe": "run_vit", "args": {}, "arms": ["full"]},
+        },
+    }
+    config = study.config_from_dict(raw)
+    runs = study.plan_runs(config)
+    os.makedirs(config.results_dir)
+    study.write_csv(
+        [{"task": run.task, "arm": run.arm.name, "seed": 0, "status": "done", "accuracy": 0.5} for run in runs],
+        os.path.join(config.results_dir, "runs.csv"),
+    )
+    executed = []
+
+    def fake_execute_one(run, args, keep, timeout, env, prefix, echo):
+        executed.append((run.key, keep))
+        os.makedirs(run.output_dir, exist_ok=True)
+        (Path(run.output_dir) / "model.safetensors").write_bytes(b"")
+        return "done"
+
+    monkeypatch.setattr(runner, "_execute_one", fake_execute_one)
+    messages = []
+    statuses = study.execute(config, runs, echo=messages.append)
+    assert statuses == {"pretrain/fixed@0%:augmented/seed0": "done", "digits/full/seed0": "done"}
+    assert executed == [("pretrain/fixed@0%:augmented/seed0", True)]  # the other committed run is not redone
+    assert "kept model is not here; rerunning" in messages[0] and "committed runs.csv), skipped" in messages[1]
+    # With the model here, the committed pretraining is skipped like any other committed run.
+    executed.clear()
+    study.execute(config, runs, echo=messages.append)
+    assert executed == []

@@ -130,9 +130,13 @@ def _run_or_skip(
     if status == "done" or (status == "failed" and not retry_failed):
         echo(f"{prefix} {run.key}: {status}, skipped")
         return status
+    keep = config.keep_models or _task(config, run.task).keep_models
     if run.key in (committed or {}):
-        echo(f"{prefix} {run.key}: done (its row is in the committed runs.csv), skipped")
-        return "done"
+        if not (keep and not _has_model_files(run.output_dir)):
+            echo(f"{prefix} {run.key}: done (its row is in the committed runs.csv), skipped")
+            return "done"
+        # Its row is committed but the model it keeps for later runs (a pretraining) is not on this machine.
+        echo(f"{prefix} {run.key}: its row is in the committed runs.csv but its kept model is not here; rerunning")
     args = dict(run.args)
     if run.arm.kind == "validation":
         full_key = f"{run.task}/full/seed{run.seed}"
@@ -151,7 +155,6 @@ def _run_or_skip(
     env = dict(os.environ)
     if config.threads is not None:
         env.update(OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
-    keep = config.keep_models or _task(config, run.task).keep_models
     return _execute_one(run, args, keep, timeout, env, prefix, echo)
 
 
@@ -211,6 +214,11 @@ def _fail(run: Run, returncode: int | None, reason: str, echo: Any, log_path: st
         json.dump({"run": run.key, "returncode": returncode, "reason": reason, "log_tail": tail}, fh, indent=1)
     echo(f"   {run.key}: FAILED ({reason}); see {log_path or run.output_dir}")
     return "failed"
+
+
+def _has_model_files(output_dir: str) -> bool:
+    root = Path(output_dir)
+    return root.is_dir() and any(next(root.rglob(pattern), None) is not None for pattern in MODEL_FILE_PATTERNS)
 
 
 def _drop_model_files(output_dir: str) -> None:
