@@ -38,3 +38,32 @@ def test_truncated_file_is_reported(tmp_path):
         f.truncate(f.seek(0, 2) - 8)
     with pytest.raises(ValueError, match="truncated"):
         TensorFile(path)["x"]
+
+
+def test_mapped_and_read_tensors_are_equal_private_and_outlive_the_file(tmp_path):
+    """Mapped reads (the default) give the same tensors as plain reads; writes to them never reach the file."""
+    torch.manual_seed(0)
+    # "b" (7 bfloat16 values, 14 bytes) leaves "c" (int64) at an offset that is no multiple of 8: it is read.
+    tensors = {"a": torch.randn(5000, 3), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(5), "d": torch.randn(3)}
+    path = str(tmp_path / "w.safetensors")
+    write_tensors(path, tensors.items())
+    mapped, read = TensorFile(path), TensorFile(path, mapped=False)
+    for name, tensor in tensors.items():
+        assert torch.equal(mapped[name], tensor) and torch.equal(read[name], tensor), name
+    view = mapped["a"]
+    view.mul_(0)  # copy-on-write: the file and a later read keep the stored values
+    assert torch.equal(mapped["a"], tensors["a"]) and not torch.equal(view, tensors["a"])
+    kept = mapped["d"]
+    write_tensors(path, [("d", torch.zeros(3))])  # replaced by renaming: the mapped tensor keeps the old bytes
+    assert torch.equal(kept, tensors["d"]) and torch.equal(TensorFile(path)["d"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_file_truncated_after_opening_is_reported_either_way(tmp_path, mapped):
+    path = str(tmp_path / "w.safetensors")
+    write_tensors(path, [("x", torch.randn(100))])
+    stored = TensorFile(path, mapped=mapped)
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 8)
+    with pytest.raises(ValueError, match="truncated"):
+        stored["x"]
