@@ -122,6 +122,8 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         self.selection: LayerSelection | None = None
         self._initial: Mapping[str, torch.Tensor] | None = None
         self._snapshot: tuple[int, list[torch.Tensor | None]] | None = None
+        #: Squared norms of the kept gradient's layers when they were taken at its own step (measured at consecutive steps).
+        self._snapshot_sq_norms: dict[str, torch.Tensor] | None = None
         self._keeper = GradientKeeper()
         #: LoRA layers whose rotation is that of their effective weight (hf_critical.metrics.lora), by weight name.
         self._lora: dict = {}
@@ -217,6 +219,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         self._pending = {}
         self._confusion = {}
         self._snapshot = None
+        self._snapshot_sq_norms = None
         self._keeper = GradientKeeper()
         resumed = state.global_step > 0
         if "gradient_confusion" in self.metrics and not self.confusion_provider and not self._warned_confusion:
@@ -243,6 +246,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         if self.sketch_dim is not None and (self.is_measured_step(step) or self.is_measured_step(step + 1)):
             keys = [self._sketch_keys[name] for name in self.selection.names]
             grads = sketch_tensors(grads, self.sketch_dim, keys)  # fresh tensors: kept as they are
+        current_sq_norms: dict[str, torch.Tensor] = {}
         if self.is_measured_step(step):
             previous = None
             if self._snapshot is not None and self._snapshot[0] == step - 1:
@@ -250,14 +254,21 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             if previous is not None:
                 names = self.selection.names
                 self._pending["gradient_predictability"] = gradient_predictability(
-                    dict(zip(names, previous)), dict(zip(names, grads)), reduce=self._reduce
+                    dict(zip(names, previous)),
+                    dict(zip(names, grads)),
+                    reduce=self._reduce,
+                    previous_sq_norms=self._snapshot_sq_norms,
+                    current_sq_norms=current_sq_norms,
                 )
             else:
                 self._pending["gradient_predictability"] = None
             self._snapshot = None
+        self._snapshot_sq_norms = None
         if self.is_measured_step(step + 1):
             # Kept by reference while nothing writes to them in place (hf_critical.metrics.gradient_snapshot), else copied.
             self._snapshot = (step, self._keeper.keep(grads))
+            # Measured at consecutive steps, the kept gradient's norms were just taken: the next measurement reuses them.
+            self._snapshot_sq_norms = current_sq_norms or None
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -272,6 +283,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._snapshot = None
+        self._snapshot_sq_norms = None
         self._initial = None
 
     # ---- measurement ----------------------------------------------------------------------------

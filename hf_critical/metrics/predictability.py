@@ -15,6 +15,8 @@ def gradient_predictability(
     previous: Mapping[str, torch.Tensor | None],
     current: Mapping[str, torch.Tensor | None],
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    previous_sq_norms: Mapping[str, torch.Tensor] | None = None,
+    current_sq_norms: dict[str, torch.Tensor] | None = None,
 ) -> MetricResult:
     """Gradient predictability: cosine between a gradient and a later one (Chen et al., ICLR 2023).
 
@@ -25,6 +27,12 @@ def gradient_predictability(
     ``reduce`` (e.g. an all-reduce SUM across the shard group) turns them into the full ones before
     the cosines are taken. It receives one float32 tensor of shape ``(3, layers)`` and returns the
     reduced tensor; every process must call it with the same layers.
+
+    When gradients are measured at consecutive steps, each one is ``current`` once and ``previous``
+    once: pass a dict as ``current_sq_norms`` to receive its per-layer squared norms (0-dimensional
+    float32 tensors on the gradients' device, of the local shards, before ``reduce``), and give them back as
+    ``previous_sq_norms`` at the next measurement, which then skips one reduction over every gradient.
+    They must be the norms of exactly the ``previous`` tensors.
     """
     skipped = _empty_skips()
     names = _present_names([previous, current], skipped)
@@ -32,7 +40,17 @@ def gradient_predictability(
         return MetricResult(None, {}, skipped)
     prev = [local_shard(previous[n]) for n in names]
     cur = [local_shard(current[n]) for n in names]
-    stats = torch.stack([dot_products(prev, cur), squared_norms(prev).to(prev[0].device), squared_norms(cur).to(prev[0].device)])
+    device = prev[0].device
+    known = previous_sq_norms or {}
+    if all(n in known for n in names):
+        sq_prev = torch.stack([known[n].to(device) for n in names])
+    else:
+        sq_prev = squared_norms(prev).to(device)
+    sq_cur = squared_norms(cur).to(device)
+    if current_sq_norms is not None:
+        current_sq_norms.clear()
+        current_sq_norms.update(zip(names, sq_cur.unbind()))
+    stats = torch.stack([dot_products(prev, cur), sq_prev, sq_cur])
     if reduce is not None:
         stats = reduce(stats)
     dots, sq_prev, sq_cur = stats.tolist()

@@ -152,6 +152,26 @@ def test_predictability_across_sgd_step_matches_naive_reference() -> None:
     _assert_json_clean(result)
 
 
+def test_predictability_with_the_previous_norms_handed_on_matches_the_naive_reference_along_a_chain() -> None:
+    """Each gradient is `current` once and `previous` once; its norms are taken once and reused."""
+    model = _model()
+    grads = [_grad(model, _batch(seed)) for seed in (5, 6, 7)]
+    handed: dict = {}
+    first = gradient_predictability(grads[0], grads[1], current_sq_norms=handed)
+    assert set(handed) == set(grads[1]) and all(t.dim() == 0 for t in handed.values())
+    for name, norm in handed.items():
+        assert float(norm) == pytest.approx(float(grads[1][name].double().square().sum()), rel=1e-5), name
+    second = gradient_predictability(grads[1], grads[2], previous_sq_norms=dict(handed), current_sq_norms=handed)
+    for result, (a, b) in ((first, grads[:2]), (second, grads[1:])):
+        ref_global, ref_layers = _naive_cosines(a, b)
+        assert result.value == pytest.approx(ref_global, abs=TOL)
+        for name, ref in ref_layers.items():
+            assert result.per_layer[name] == pytest.approx(ref, abs=TOL), name
+    # Norms that do not cover every layer are not used: the missing ones are taken.
+    partial = {name: torch.tensor(1e9) for name in list(grads[1])[:1]}
+    assert gradient_predictability(grads[1], grads[2], previous_sq_norms=partial).value == pytest.approx(second.value, abs=TOL)
+
+
 # --------------------------------------------------------------------------- 3. layer rotation
 
 

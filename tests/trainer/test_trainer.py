@@ -460,3 +460,41 @@ def test_every_step_measurement_measures_confusion_at_every_step(tmp_path):
     # Step 1's measurement has no batch before it; every later one has its predecessor's confusion.
     assert records[0]["gradient_confusion"].get("unavailable") is True
     assert all(r["gradient_confusion"]["num_pairs"] == 1 and r["gradient_confusion"]["batch_step"] == r["step"] - 1 for r in records[1:])
+
+
+def test_predictability_measured_at_every_step_matches_the_naive_cosines_of_consecutive_gradients(tmp_path, monkeypatch):
+    """At consecutive measurements the kept gradient's norms are reused: the values must stay the exact cosines."""
+    import hf_critical.metrics.predictability as predictability
+
+    norm_calls = []
+    real_squared_norms = predictability.squared_norms
+    monkeypatch.setattr(predictability, "squared_norms", lambda t: norm_calls.append(len(t)) or real_squared_norms(t))
+
+    class GradientRecorder(TrainerCallback):
+        def __init__(self):
+            self.grads = []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grads.append({n: p.grad.detach().double().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    overrides = dict(dynamics_every_n_steps=1, max_steps=5, dynamics_metrics=["gradient_predictability"], detector="never")
+    args = CriticalPeriodArguments(**common_args(tmp_path, **overrides))
+    trainer = CriticalPeriodTrainer(model=tiny_bert(), args=args, train_dataset=text_dataset())
+    recorder = GradientRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    records = read_jsonl(jsonl_path(tmp_path))
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[0]["gradient_predictability"]["value"] is None
+    # Step 2 takes both gradients' norms (step 1 had no previous gradient, so took none); steps 3-5 reuse the
+    # previous gradient's: 5 reductions instead of 8.
+    assert len(norm_calls) == 5
+    for record, previous, current in zip(records[1:], recorder.grads, recorder.grads[1:]):
+        layers = record["gradient_predictability"]["per_layer"]
+        assert layers, record["step"]
+        for name, value in layers.items():
+            a, b = previous[name].reshape(-1), current[name].reshape(-1)
+            assert value == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5), (record["step"], name)
+        dot = sum(float(previous[n].reshape(-1) @ current[n].reshape(-1)) for n in layers)
+        sq_a = sum(float(previous[n].square().sum()) for n in layers)
+        sq_b = sum(float(current[n].square().sum()) for n in layers)
+        assert record["gradient_predictability"]["value"] == pytest.approx(dot / math.sqrt(sq_a * sq_b), abs=1e-5)
