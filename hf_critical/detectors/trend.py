@@ -26,10 +26,16 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float], confidence: float) -> tu
     Returns ``(slope, low, high)``: the median of the pairwise slopes and Sen's distribution-free
     interval, from `scipy.stats.theilslopes` (robust to outliers; it assumes independent noise).
     """
+    result = _theilslopes()(np.asarray(ys, dtype=np.float64), np.asarray(xs, dtype=np.float64), alpha=confidence)
+    return float(result.slope), float(result.low_slope), float(result.high_slope)
+
+
+def _theilslopes():
+    # scipy.stats takes about 1 s to import: a trend detector imports it when it is built, so that the first
+    # decision, inside a training step, does not pay it (`import hf_critical.detectors` stays light).
     from scipy.stats import theilslopes
 
-    result = theilslopes(np.asarray(ys, dtype=np.float64), np.asarray(xs, dtype=np.float64), alpha=confidence)
-    return float(result.slope), float(result.low_slope), float(result.high_slope)
+    return theilslopes
 
 
 class TrendDetector(Detector):
@@ -92,6 +98,7 @@ class TrendDetector(Detector):
         min_points: int | None = None,
     ):
         super().__init__()
+        _theilslopes()
         given = dict(
             metric=metric,
             window=window,
