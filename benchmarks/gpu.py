@@ -28,7 +28,6 @@ Output: a markdown table on stdout (and in ``--output``), with the GPU named.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
@@ -41,21 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from machine import machine_description, progress  # noqa: E402
-from overhead import StepTimer, SyntheticDataset  # noqa: E402
-from transformers import (  # noqa: E402
-    BertConfig,
-    BertForSequenceClassification,
-    PrinterCallback,
-    Trainer,
-    TrainingArguments,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from overhead import ModelSpec, text_inputs, train_steps  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification  # noqa: E402
 
-from hf_critical import METRIC_NAMES, CriticalPeriodArguments, CriticalPeriodTrainer  # noqa: E402
-
-SEED = 0
-MIB = 2**20
 COPIES = 4
 #: Configuration -> (measure every N steps or None for none, copies per sample, plain Trainer?).
 CONFIGURATIONS = {
@@ -67,8 +54,8 @@ CONFIGURATIONS = {
 }
 
 
-def model_specs(tiny: bool) -> dict:
-    """name -> (builder, batch size, inputs(n, generator), description)."""
+def model_specs(tiny: bool) -> dict[str, ModelSpec]:
+    """The benchmarked models by name (BERT-base and ViT-B/16, or tiny ones for the CPU smoke test)."""
     if tiny:
         bert = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                           intermediate_size=64, max_position_embeddings=32, num_labels=2)
@@ -79,64 +66,43 @@ def model_specs(tiny: bool) -> dict:
         bert, vit, seq, batch = BertConfig(num_labels=2), ViTConfig(num_labels=10), 128, 32
     bert.num_labels, vit.num_labels = 2, 10
 
-    def text(n, g):
-        ids = torch.randint(0, bert.vocab_size, (n, seq), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (n,), generator=g)}
-
     def images(n, g):
         size = vit.image_size
         return {"pixel_values": torch.randn(n, 3, size, size, generator=g), "labels": torch.randint(0, 10, (n,), generator=g)}
 
+    bert_name, vit_name = ("bert-tiny", "vit-tiny") if tiny else ("bert-base", "vit-b16")
     return {
-        "bert-base" if not tiny else "bert-tiny": (
-            lambda: BertForSequenceClassification(bert), batch, text,
-            f"BERT from config (hidden {bert.hidden_size}, {bert.num_hidden_layers} layers), seq {seq}",
+        bert_name: ModelSpec(
+            name=bert_name,
+            description=f"BERT from config (hidden {bert.hidden_size}, {bert.num_hidden_layers} layers), seq {seq}",
+            batch_size=batch,
+            build=lambda: BertForSequenceClassification(bert),
+            make_inputs=lambda n, g: text_inputs(n, seq, bert.vocab_size, num_labels=2, generator=g),
         ),
-        "vit-b16" if not tiny else "vit-tiny": (
-            lambda: ViTForImageClassification(vit), batch, images,
-            f"ViT from config (image {vit.image_size}, patch {vit.patch_size}, hidden {vit.hidden_size}, "
+        vit_name: ModelSpec(
+            name=vit_name,
+            description=f"ViT from config (image {vit.image_size}, patch {vit.patch_size}, hidden {vit.hidden_size}, "
             f"{vit.num_hidden_layers} layers)",
+            batch_size=batch,
+            build=lambda: ViTForImageClassification(vit),
+            make_inputs=images,
         ),
     }
 
 
-def repeat_copies(columns: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
-    """Each sample's row ``copies`` times in a row (the k-copy collators' layout)."""
-    return {key: value.repeat_interleave(copies, dim=0) for key, value in columns.items()}
-
-
-def train_once(spec, configuration: str, steps: int, bf16: bool, output_dir: str) -> tuple[list[float], float | None]:
-    build, batch, make_inputs, _ = spec
+def train_once(spec: ModelSpec, configuration: str, steps: int, bf16: bool, output_dir: str) -> tuple[list[float], float | None]:
     every, copies, plain = CONFIGURATIONS[configuration]
-    columns = make_inputs(batch * steps, torch.Generator().manual_seed(SEED))
-    dataset = SyntheticDataset(repeat_copies(columns, copies))
-    common = dict(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch * copies, learning_rate=5e-5,
-        optim="adamw_torch", report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10**9,
-        disable_tqdm=True, seed=SEED, bf16=bf16, dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
+    result = train_steps(
+        spec,
+        steps,
+        output_dir,
+        plain=plain,
+        every_n_steps=every,
+        copies=copies,
+        training_args={"bf16": bf16, "use_cpu": not torch.cuda.is_available()},
+        critical_period_args={"detector": "never"},
     )
-    torch.manual_seed(SEED)
-    model = build()
-    if plain:
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset)
-    else:
-        metrics = list(METRIC_NAMES) if every is not None else "none"
-        args = CriticalPeriodArguments(
-            **common, dynamics_metrics=metrics, dynamics_every_n_steps=every or 10, detector="never"
-        )
-        trainer = CriticalPeriodTrainer(model=model, args=args, train_dataset=dataset)
-    trainer.remove_callback(PrinterCallback)
-    timer = StepTimer()
-    trainer.add_callback(timer)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    peak = torch.cuda.max_memory_allocated() / MIB if torch.cuda.is_available() else None
-    del trainer, model
-    gc.collect()
-    return timer.step_seconds, peak
+    return result.step_seconds, result.cuda_peak_mib
 
 
 def benchmark(name, spec, options) -> dict[str, dict[str, list[float]]]:
@@ -179,7 +145,7 @@ def markdown(all_results: dict, specs: dict, options, seconds: float) -> str:
             )
     lines += ["", "Models:", ""]
     for name, spec in specs.items():
-        lines.append(f"- `{name}`: {spec[3]}, batch {spec[1]} samples (k4: {COPIES * spec[1]} rows).")
+        lines.append(f"- `{name}`: {spec.description}, batch {spec.batch_size} samples (k4: {COPIES * spec.batch_size} rows).")
     lines += [
         "",
         f"`k4` vs `k1` is the time of a k={COPIES} epoch over a k=1 epoch (same steps, {COPIES}x the rows; "

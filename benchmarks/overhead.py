@@ -309,12 +309,39 @@ def train_once(
 ) -> RunResult:
     """Train a fresh model for ``steps`` optimizer steps under ``configuration``."""
     every_n_steps = CONFIGURATIONS[configuration]
+    return train_steps(
+        spec, steps, output_dir, plain=every_n_steps is None, every_n_steps=every_n_steps, before_train=before_train
+    )
+
+
+def train_steps(
+    spec: ModelSpec,
+    steps: int,
+    output_dir: str,
+    *,
+    plain: bool,
+    every_n_steps: int | None = None,
+    copies: int = 1,
+    training_args: dict | None = None,
+    critical_period_args: dict | None = None,
+    before_train: Callable[[], object] | None = None,
+) -> RunResult:
+    """Train a fresh ``spec`` model for ``steps`` optimizer steps; the step timer is the last callback.
+
+    ``plain``: `transformers.Trainer` with `TrainingArguments`; otherwise `CriticalPeriodTrainer` with all
+    three metrics every ``every_n_steps`` steps (``None``: no metrics). ``copies``: each sample's row that many
+    times in a row, as the k-copy collators lay them out (the batch holds ``copies`` times the rows).
+    ``training_args`` and ``critical_period_args`` are added to the arguments (e.g. ``bf16``, ``detector``).
+    """
     generator = torch.Generator().manual_seed(SEED)
-    dataset = SyntheticDataset(spec.make_inputs(spec.batch_size * steps, generator))
+    columns = spec.make_inputs(spec.batch_size * steps, generator)
+    if copies > 1:
+        columns = {key: value.repeat_interleave(copies, dim=0) for key, value in columns.items()}
+    dataset = SyntheticDataset(columns)
     common = {
         "output_dir": output_dir,
         "max_steps": steps,
-        "per_device_train_batch_size": spec.batch_size,
+        "per_device_train_batch_size": spec.batch_size * copies,
         "learning_rate": 5e-5,
         "optim": "adamw_torch",
         "report_to": [],
@@ -324,13 +351,18 @@ def train_once(
         "disable_tqdm": True,
         "dataloader_pin_memory": torch.cuda.is_available(),
         "seed": SEED,
+        **(training_args or {}),
     }
     model = build_model(spec)
-    if every_n_steps is None:
+    if plain:
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset)
     else:
+        metrics = list(METRIC_NAMES) if every_n_steps is not None else "none"
         args = CriticalPeriodArguments(
-            **common, dynamics_metrics=list(METRIC_NAMES), dynamics_every_n_steps=every_n_steps
+            **common,
+            dynamics_metrics=metrics,
+            dynamics_every_n_steps=every_n_steps or DEFAULT_EVERY_N_STEPS,
+            **(critical_period_args or {}),
         )
         trainer = CriticalPeriodTrainer(model=model, args=args, train_dataset=dataset)
     # PrinterCallback would print every dynamics log line (one per step under every_step).
@@ -339,6 +371,7 @@ def train_once(
     trainer.add_callback(timer)
 
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     if before_train is not None:
         before_train()
@@ -352,7 +385,7 @@ def train_once(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if len(timer.step_seconds) != steps:
-        raise RuntimeError(f"{spec.name}/{configuration}: timed {len(timer.step_seconds)} steps, expected {steps}")
+        raise RuntimeError(f"{spec.name}: timed {len(timer.step_seconds)} steps, expected {steps}")
     return RunResult(timer.step_seconds, timer.step_cpu_seconds, train_seconds, cuda_peak_mib)
 
 
