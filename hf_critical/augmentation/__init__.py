@@ -52,7 +52,7 @@ images in `image` with their kornia policies in `image_policies`.
 from __future__ import annotations
 
 from ..names import AFTER_SWITCH_MODES, AUGMENT_ON_DEVICE_KEY, RESERVED_KEYS, ROWS_PER_SAMPLE_KEY, SEED_KEY, SINGLE_KEY
-from .base import AugmentationCollator, CleanCollator, _python_numpy_rng, seeded_python_numpy_rng
+from .base import AugmentationCollator, CleanCollator, seeded_python_numpy_rng
 from .image import ImageAugmentationCollator
 from .image_policies import IMAGE_POLICIES
 from .text import (

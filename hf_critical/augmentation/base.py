@@ -270,7 +270,3 @@ def _needs_single_view(rows: int, augmented: list[bool], after_switch: str) -> b
     prefetched before the switch is then trained on as its clean view).
     """
     return rows > 1 or (augmented[0] and after_switch == "clean")
-
-
-#: The former private name (hf_critical.robustness used it); kept for one release.
-_python_numpy_rng = seeded_python_numpy_rng
