@@ -3,7 +3,8 @@
 ``--mode full``: two runs one after the other in the same processes, both with 16 samples per
 optimizer step in all: per-device batch ``16 / world`` without accumulation (checkpoint at step 4),
 then per-device batch ``8 / world`` with 2 accumulation steps, then the first setting on token
-classification where ranks hold different numbers of labelled tokens; then, in the same process group (one
+classification where ranks hold different numbers of labelled tokens, and on a peft LoRA model (when peft is
+installed); then, in the same process group (one
 launch fewer), the FSDP2 sharded-metrics check of ``fsdp_metrics.py``. ``--mode stop``: the first run, stopped
 right after its checkpoint at step 4. ``--mode resume``: the first run resumed from that checkpoint.
 
@@ -15,6 +16,7 @@ from all-gathered full gradients).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 
@@ -92,9 +94,15 @@ def train(
     tokens: bool = False,
     bf16: bool = False,
     confusion: bool = True,
+    lora: bool = False,
 ) -> None:
     torch.set_num_threads(1)
     model, data = token_task() if tokens else (tiny_bert(), text_dataset(64))
+    if lora:  # peft LoRA on query and value; the new head trained in full (modules_to_save)
+        import peft
+
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS", lora_dropout=0.0)
+        model = peft.get_peft_model(model, config)
     args = CriticalPeriodArguments(
         **common_args(
             output_dir,
@@ -152,6 +160,8 @@ def main() -> None:
         # bf16 autocast and accumulation, with and without per-rank confusion: the same gradients as plain DDP.
         train(os.path.join(cli.output_dir, "bf16"), world, accumulation=2, bf16=True)
         train(os.path.join(cli.output_dir, "bf16_plain"), world, accumulation=2, bf16=True, confusion=False)
+        if importlib.util.find_spec("peft") is not None:
+            train(os.path.join(cli.output_dir, "lora"), world, accumulation=1, lora=True)
         if world > 1:
             from fsdp_metrics import check
 

@@ -80,9 +80,12 @@ def one_process_run(tmp_path_factory):
     runs = {}
     threads = torch.get_num_threads()
     try:
-        for task in ("sentences", "tokens"):
+        tasks = ("sentences", "tokens") + (("lora",) if importlib.util.find_spec("peft") else ())
+        for task in tasks:
             folder = tmp_path_factory.mktemp(task)
-            _load_script("ddp_equality").train(str(folder), world=1, accumulation=1, tokens=task == "tokens")
+            _load_script("ddp_equality").train(
+                str(folder), world=1, accumulation=1, tokens=task == "tokens", lora=task == "lora"
+            )
             result = json.loads((folder / "rank0.json").read_text())
             runs[task] = load_file(str(folder / "rank0.safetensors")), result
     finally:
@@ -91,17 +94,22 @@ def one_process_run(tmp_path_factory):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("run", ["batch", "accumulation", "tokens"])
+@pytest.mark.parametrize("run", ["batch", "accumulation", "tokens", "lora"])
 def test_two_processes_train_and_measure_like_one(two_process_runs, one_process_run, run):
     """2 ranks x batch 8 (or 4 x 2 accumulation steps) = 1 process x batch 16: parameters and metrics.
 
     ``tokens``: ranks hold different numbers of labelled tokens; each micro-batch is weighted by its
     share of the step's tokens over both ranks (without that, parameters differ by about 6e-4 here).
+    ``lora``: the batch setting on a peft LoRA model (metrics over the adapters, rotation of W0 + BA).
     """
+    if run == "lora" and "lora" not in one_process_run:
+        pytest.skip("peft is not installed")
     params, results = _run(two_process_runs / run)
-    single_params, single = one_process_run["tokens" if run == "tokens" else "sentences"]
+    single_params, single = one_process_run[{"tokens": "tokens", "lora": "lora"}.get(run, "sentences")]
     assert _max_difference(params[0], params[1]) == 0.0  # DDP keeps the replicas identical
     assert _max_difference(params[0], single_params) < 1e-6
+    if run == "lora":
+        assert any("lora_A" in name for name in params[0]) and any("lora_B" in name for name in params[0])
     for result in results:
         assert result["critical_period"]["switch_step"] == single["critical_period"]["switch_step"] == 6
         assert [h["step"] for h in result["history"]] == [h["step"] for h in single["history"]] == [2, 4, 6, 8]
