@@ -419,5 +419,5 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             params = self.selection.parameters
             self._snapshot = (
                 step,
-                [stored[n].to(p.device) if n in stored else None for n, p in params.items()],
+                [stored[n].to(p.device, copy=True) if n in stored else None for n, p in params.items()],
             )

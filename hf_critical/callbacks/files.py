@@ -102,7 +102,8 @@ class CheckpointFilesMixin:
         stored = TensorFile(path, devices={name: p.device for name, p in params.items()})
         if self.initial_weights == "disk" or self.sketch_dim is not None:
             return stored
-        return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype) for n, p in params.items()}
+        # copy=True: "host" holds a copy in memory, not a map of the file.
+        return {n: stored[n].to(device=self._initial_device(p), dtype=p.dtype, copy=True) for n, p in params.items()}
 
 
 
