@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import subprocess
@@ -43,3 +45,44 @@ def machine_description() -> str:
 def progress(message: str) -> None:
     """A progress line on stderr (stdout carries the report)."""
     print(message, file=sys.stderr, flush=True)
+
+
+#: mallopt's parameter numbers for the trim and mmap thresholds (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: The fixed threshold the timing benchmarks set: blocks below 1 GiB come from the heap (glibc 2.36 accepts it;
+#: its own adjustment stops at 32 MiB, which leaves MiniLM's largest blocks, the 45 MiB embedding and its
+#: gradient and optimizer states, to the history).
+FIXED_MMAP_THRESHOLD = 2**30
+
+
+def fix_malloc_mmap_threshold(threshold: int = FIXED_MMAP_THRESHOLD) -> str:
+    """Fix glibc's mmap and trim thresholds for this process; returns a sentence for the report.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a block it had mapped is freed, after which
+    blocks of that size come from the heap and are reused without page faults. So a run's speed depends
+    on what the process allocated and freed before it: `CriticalPeriodTrainer` writes the initial weights
+    for layer rotation at the start of training (large blocks, freed), which raised the threshold, and with
+    it MiniLM's plain-Trainer steps were 8-12 % slower than `CriticalPeriodTrainer` steps that measured
+    nothing (docs/benchmarks.md). Fixing the threshold (which also stops its adjustment) gives every
+    configuration the same allocator. Not glibc (macOS, musl): nothing is changed, and the sentence says so.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+        fixed = (
+            mallopt is not None
+            and platform.libc_ver()[0] == "glibc"
+            # glibc's adjustment keeps the trim threshold at twice the mmap threshold; fixed, both are set.
+            and mallopt(_M_MMAP_THRESHOLD, threshold) == 1
+            and mallopt(_M_TRIM_THRESHOLD, 2 * threshold - 1) == 1
+        )
+    except OSError:
+        fixed = False
+    if fixed:
+        return (
+            f"glibc's mmap threshold fixed at {threshold // 2**20} MiB and its trim threshold at twice that for the timed "
+            "runs (every configuration sees the same allocator)."
+        )
+    return "glibc's malloc thresholds not fixed (no glibc): run-to-run differences may include the allocator's history."

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from machine import machine_description, progress  # noqa: E402
+from machine import fix_malloc_mmap_threshold, machine_description, progress  # noqa: E402
 from overhead import MODEL_SPECS, SEED, StepTimer, SyntheticDataset, build_model  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
@@ -208,6 +208,7 @@ def main(argv=None) -> None:
         parser.error("--steps must exceed --warmup")
     torch.set_num_threads(options.threads)
     transformers.logging.set_verbosity_error()
+    allocator = fix_malloc_mmap_threshold()
     options.load_before = os.getloadavg()[0]
     results = {}
     for name in options.models:
@@ -219,7 +220,7 @@ def main(argv=None) -> None:
             extra = {"dynamics_initial_weights": options.initial_weights}
             results[(name, chunks)] = breakdown(spec, chunks, options.reps, options.steps, options.warmup, extra)
     report = markdown(results, options)
-    report += f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.\n"
+    report += f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}. {allocator}\n"
     print(report, end="")
 
 

@@ -64,7 +64,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from machine import machine_description, progress  # noqa: E402  (benchmarks/machine.py)
+from machine import fix_malloc_mmap_threshold, machine_description, progress  # noqa: E402  (benchmarks/machine.py)
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     BertConfig,
@@ -727,6 +727,7 @@ def main(argv: list[str] | None = None) -> None:
         memory_child_main(*options._memory_child)
         return
 
+    allocator = fix_malloc_mmap_threshold()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results = []
@@ -745,7 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     report = markdown_report(results, options)
     report += (
         f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s; load average (1 min) "
-        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (this benchmark alone adds about 1 per thread).\n"
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (this benchmark alone adds about 1 per thread). "
+        f"{allocator}\n"
     )
     print(report, end="")
     if options.output:
