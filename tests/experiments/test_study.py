@@ -566,8 +566,9 @@ def test_a_fresh_clone_keeps_the_committed_rows_and_does_not_redo_their_runs(tmp
     # The detector is replayed on the exported log: fraction 0.2 of 40 steps, and the arm's own step beside it.
     (replayed,) = study.replay_rows(config, runs)
     assert replayed["replayed_step"] == 8 and replayed["run_switch_step"] == 8 and replayed["steps_per_epoch"] == 10
-    # Rewriting the tables keeps the committed rows.
+    # Rewriting the tables keeps the committed rows, and counts the committed metric log.
     study.report(config, runs)
+    assert "The 1 finished full runs' dynamics.jsonl" in (tmp_path / "results" / "summary.md").read_text()
     again = study.read_csv_rows(os.path.join(config.results_dir, "runs.csv"))
     assert [(row["arm"], row["status"], row["accuracy"]) for row in again] == [
         ("full", "done", 0.9),

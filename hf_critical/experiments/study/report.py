@@ -157,7 +157,13 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))
         if depth_plot:
             lines += ["## Depth", "", "![depth.png](plots/depth.png)", ""]
-    logs = export_dynamics(runs, os.path.join(out, "dynamics"))
+    export_dynamics(runs, os.path.join(out, "dynamics"))
+    # The logs exported here and those committed by earlier parts (on a fresh clone, their outputs are gone).
+    logs = [
+        path
+        for run in runs
+        if run.arm.kind == "full" and os.path.isfile(path := exported_dynamics_path(os.path.join(out, "dynamics"), run))
+    ]
     if logs:
         lines += [
             "## Metric logs",
