@@ -56,15 +56,31 @@ _M_MMAP_THRESHOLD = -3
 FIXED_MMAP_THRESHOLD = 2**30
 
 
+def add_allocator_option(parser) -> None:
+    """``--allocator fixed|default``: whether a timing benchmark fixes glibc's thresholds (the default)."""
+    parser.add_argument(
+        "--allocator",
+        choices=["fixed", "default"],
+        default="fixed",
+        help="fixed (default): glibc's mmap and trim thresholds fixed for every run; default: glibc's adaptive ones",
+    )
+
+
+def set_allocator(choice: str) -> str:
+    """Apply ``--allocator``; returns the sentence for the report."""
+    if choice == "default":
+        return "glibc's adaptive malloc thresholds left as they are (--allocator default)."
+    return fix_malloc_mmap_threshold()
+
+
 def fix_malloc_mmap_threshold(threshold: int = FIXED_MMAP_THRESHOLD) -> str:
     """Fix glibc's mmap and trim thresholds for this process; returns a sentence for the report.
 
     glibc raises its mmap threshold (up to 32 MiB) each time a block it had mapped is freed, after which
     blocks of that size come from the heap and are reused without page faults. So a run's speed depends
-    on what the process allocated and freed before it: `CriticalPeriodTrainer` writes the initial weights
-    for layer rotation at the start of training (large blocks, freed), which raised the threshold, and with
-    it MiniLM's plain-Trainer steps were 8-12 % slower than `CriticalPeriodTrainer` steps that measured
-    nothing (docs/benchmarks.md). Fixing the threshold (which also stops its adjustment) gives every
+    on what the process allocated and freed before it. With the default allocator, MiniLM's plain-Trainer
+    steps were about 11 % slower than `CriticalPeriodTrainer` steps that measured nothing, whatever the
+    order of the runs (docs/benchmarks.md; which allocation moves the thresholds was not found). Fixing the threshold (which also stops its adjustment) gives every
     configuration the same allocator. Not glibc (macOS, musl): nothing is changed, and the sentence says so.
     """
     name = ctypes.util.find_library("c")

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from machine import fix_malloc_mmap_threshold, machine_description, progress  # noqa: E402
+from machine import add_allocator_option, machine_description, progress, set_allocator  # noqa: E402
 from overhead import MODEL_SPECS, SEED, StepTimer, SyntheticDataset, build_model  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
@@ -203,12 +203,13 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--initial_weights", default="disk", help="dynamics_initial_weights")
+    add_allocator_option(parser)
     options = parser.parse_args(argv)
     if options.steps <= options.warmup:
         parser.error("--steps must exceed --warmup")
     torch.set_num_threads(options.threads)
     transformers.logging.set_verbosity_error()
-    allocator = fix_malloc_mmap_threshold()
+    allocator = set_allocator(options.allocator)
     options.load_before = os.getloadavg()[0]
     results = {}
     for name in options.models:

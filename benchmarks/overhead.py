@@ -64,7 +64,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from machine import fix_malloc_mmap_threshold, machine_description, progress  # noqa: E402  (benchmarks/machine.py)
+from machine import add_allocator_option, machine_description, progress, set_allocator  # noqa: E402  (benchmarks/machine.py)
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     BertConfig,
@@ -698,6 +698,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the control `unmeasured`: CriticalPeriodTrainer with the metrics on but no measurement in the run",
     )
+    add_allocator_option(parser)
     parser.add_argument("--output", help="also write the markdown table to this file")
     parser.add_argument("--_memory_child", nargs=2, metavar=("MODEL", "CONFIGURATION"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -727,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
         memory_child_main(*options._memory_child)
         return
 
-    allocator = fix_malloc_mmap_threshold()
+    allocator = set_allocator(options.allocator)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results = []
