@@ -39,7 +39,7 @@ from ..metrics import MetricResult, gradient_predictability, layer_rotation, loc
 from ..metrics.gradient_snapshot import GradientKeeper
 from ..metrics.layers import LayerSelection, select_parameters, validate_layer_selection
 from ..metrics.lora import EffectiveWeights, lora_layers
-from ..metrics.sketch import sketch_keys, sketch_tensors, sketched_layer_rotation
+from ..metrics.sketch import shard_layout, sketch_keys, sketch_tensors, sketched_layer_rotation
 from ..names import (
     CURRENT_COPIES_FIELD,
     DYNAMICS_FILE,
@@ -209,11 +209,6 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             return
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
-        if self.sketch_dim is not None and self._reduce is not None:
-            raise ValueError(
-                "`dynamics_sketch_dim` does not support sharded parameters (FSDP2) yet; use the exact metrics there "
-                "(each rank then holds only its shards)."
-            )
         seed = int(getattr(args, "seed", 0))
         self._sketch_keys = {name: sketch_keys(seed, i) for i, name in enumerate(self.selection.names)}
         self._pending = {}
@@ -245,7 +240,8 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         grads = [p.grad for p in self.selection.parameters.values()]
         if self.sketch_dim is not None and (self.is_measured_step(step) or self.is_measured_step(step + 1)):
             keys = [self._sketch_keys[name] for name in self.selection.names]
-            grads = sketch_tensors(grads, self.sketch_dim, keys)  # fresh tensors: kept as they are
+            # Fresh tensors: kept as they are. Sharded: each rank sketches its shards, summed into the full sketches.
+            grads = sketch_tensors(grads, self.sketch_dim, keys, reduce=self._reduce)
         current_sq_norms: dict[str, torch.Tensor] = {}
         if self.is_measured_step(step):
             previous = None
@@ -256,7 +252,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
                 self._pending["gradient_predictability"] = gradient_predictability(
                     dict(zip(names, previous)),
                     dict(zip(names, grads)),
-                    reduce=self._reduce,
+                    reduce=None if self.sketch_dim is not None else self._reduce,  # sketches are replicated
                     previous_sq_norms=self._snapshot_sq_norms,
                     current_sq_norms=current_sq_norms,
                 )
@@ -300,7 +296,12 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             initial, current = self._rotation_views()
             if self.sketch_dim is not None:
                 results["layer_rotation"] = sketched_layer_rotation(
-                    self._initial_sketches, self._initial_sq, current, self.sketch_dim, self._rotation_keys
+                    self._initial_sketches,
+                    self._initial_sq,
+                    current,
+                    self.sketch_dim,
+                    self._rotation_keys,
+                    reduce=self._reduce,
                 )
             else:
                 results["layer_rotation"] = layer_rotation(
@@ -358,16 +359,31 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             tensor = local_shard(initial[name]).detach().reshape(-1)
             flat = tensor if tensor.dtype == torch.float64 else tensor.float()
             norms[name] = torch.dot(flat, flat)
-        self._initial_sq = dict(zip(norms, torch.stack([v.double() for v in norms.values()]).tolist())) if norms else {}
+        self._initial_sq = {}
+        if norms:
+            stacked = torch.stack([v.double() for v in norms.values()])
+            if self.sketch_dim is not None and self._reduce is not None:
+                stacked = self._reduce(stacked)  # the sketched rotation takes the full layers' norms
+            self._initial_sq = dict(zip(norms, stacked.tolist()))
         if self.sketch_dim is not None:
             # Rotation keys by the measured name (a LoRA layer's effective weight takes its A factor's key).
             self._rotation_keys = {}
             for name in initial:
                 layer = self._lora.get(name)
                 self._rotation_keys[name] = self._sketch_keys[layer.factors[0][0] if layer else name]
-            self._initial_sketches = {
-                name: sketch_tensors([initial[name]], self.sketch_dim, [self._rotation_keys[name]])[0] for name in initial
-            }
+            names = list(initial)
+            # Sharded: the file holds this rank's shards; the parameters say where they sit in the full layers.
+            layouts = None
+            if self._reduce is not None:
+                layouts = [shard_layout(self.selection.parameters[name]) for name in names]
+            sketches = sketch_tensors(
+                [initial[name] for name in names],
+                self.sketch_dim,
+                [self._rotation_keys[name] for name in names],
+                reduce=self._reduce,
+                layouts=layouts,
+            )
+            self._initial_sketches = dict(zip(names, sketches))
 
     def _rotation_views(self) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
         current = {name: p.detach() for name, p in self.selection.parameters.items()}

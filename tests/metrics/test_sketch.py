@@ -13,7 +13,15 @@ from transformers import BertConfig, BertForSequenceClassification
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer
 from hf_critical.io.tensor_file import TensorFile
 from hf_critical.metrics.layers import select_parameters
-from hf_critical.metrics.sketch import PRIME, count_sketch, sketch_keys, sketch_tensors, state_bytes
+from hf_critical.metrics.sketch import (
+    PRIME,
+    ShardLayout,
+    count_sketch,
+    sketch_keys,
+    sketch_tensors,
+    sketched_layer_rotation,
+    state_bytes,
+)
 from hf_critical.names import INITIAL_WEIGHTS_FILE
 
 
@@ -34,6 +42,71 @@ def test_count_sketch_equals_the_dense_matrix_product(monkeypatch):
     keys = sketch_keys(3, 1)
     assert torch.allclose(count_sketch(x.reshape(5, 10), 8, keys), _dense_sketch_matrix(50, 8, keys) @ x)
     assert sketch_keys(3, 1) == keys and sketch_keys(3, 2) != keys  # fixed per (seed, layer)
+
+
+def _shards(full: torch.Tensor, dim: int, ranks: int) -> list[tuple[torch.Tensor, ShardLayout]]:
+    """``full`` cut along ``dim`` by DTensor's rule (torch.chunk; trailing ranks may hold nothing)."""
+    chunk = -(-full.shape[dim] // ranks)
+    out = []
+    for rank in range(ranks):
+        start = min(rank * chunk, full.shape[dim])
+        stop = min(start + chunk, full.shape[dim])
+        offsets = [0] * full.dim()
+        offsets[dim] = start
+        out.append((full.narrow(dim, start, stop - start), ShardLayout(tuple(full.shape), tuple(offsets))))
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape, shard_dim, ranks",
+    [((7, 5), 0, 2), ((7, 5), 0, 3), ((3, 4, 6), 1, 2), ((4, 9), 1, 4), ((2, 30), 0, 3), ((40,), 0, 3)],
+    ids=["rows-uneven", "rows-3", "middle-dim", "columns", "rank-with-nothing", "vector"],
+)
+def test_shard_sketches_sum_to_the_full_tensors_sketch(shape, shard_dim, ranks):
+    """FSDP2's rule on one process: each shard sketched by its global indices; their sum is the full sketch.
+
+    The identity stands in for the all-reduce, so each call returns one rank's partial sums; a layer of at most
+    ``dim`` values comes back as the exact full vector once the parts are summed.
+    """
+    full = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    keys = sketch_keys(2, 5)
+    for dim in (8, full.numel()):  # sketched, kept exactly
+        parts = [
+            sketch_tensors([local], dim, [keys], reduce=lambda t: t, layouts=[layout])[0]
+            for local, layout in _shards(full, shard_dim, ranks)
+        ]
+        expected = sketch_tensors([full], dim, [keys])[0]
+        assert torch.allclose(sum(parts), expected, atol=1e-12), dim
+    dense = _dense_sketch_matrix(full.numel(), 8, keys) @ full.reshape(-1)
+    assert torch.allclose(sum(count_sketch(t, 8, keys, layout) for t, layout in _shards(full, shard_dim, ranks)), dense)
+
+
+def test_replicated_tensor_is_counted_once_and_rotation_reduces_the_norms():
+    full = torch.randn(6, 5, generator=torch.Generator().manual_seed(5))
+    keys = {"w": sketch_keys(0, 0)}
+    layouts = [ShardLayout((6, 5), (0, 0), contributes=rank == 0) for rank in range(3)]
+    parts = [sketch_tensors([full], 8, [keys["w"]], reduce=lambda t: t, layouts=[layout])[0] for layout in layouts]
+    assert torch.equal(parts[1], torch.zeros(8)) and torch.allclose(sum(parts), count_sketch(full, 8, keys["w"]))
+    # Two ranks holding rows 0-2 and 3-5: rank 0's reduce adds rank 1's partial sums (sketches, then norms).
+    initial = torch.randn(6, 5, generator=torch.Generator().manual_seed(6))
+    initial_sketch = {"w": count_sketch(initial, 8, keys["w"])}
+    initial_sq = {"w": float(initial.square().sum())}
+    (mine, my_layout), (theirs, their_layout) = _shards(full, 0, 2)
+    partials = [
+        sketch_tensors([theirs], 8, [keys["w"]], reduce=lambda t: t, layouts=[their_layout])[0],
+        theirs.square().sum().double().reshape(1),
+    ]
+    seen = []
+
+    def all_reduce(t):
+        seen.append(t.numel())
+        return t + partials.pop(0)
+
+    sharded = sketched_layer_rotation(initial_sketch, initial_sq, {"w": mine}, 8, keys, reduce=all_reduce,
+                                      layouts={"w": my_layout})
+    reference = sketched_layer_rotation(initial_sketch, initial_sq, {"w": full}, 8, keys)
+    assert seen == [8, 1]  # one reduction of the sketches, one of the squared norms
+    assert sharded.value == pytest.approx(reference.value, rel=1e-6)
 
 
 def test_sketched_inner_products_are_unbiased_within_the_variance_bound():

@@ -170,6 +170,30 @@ def test_sharded_metrics_equal_the_full_tensor_values(two_process_runs):
 
 
 @pytest.mark.multiprocess
+def test_sharded_sketches_equal_the_full_tensors_sketches(two_process_runs):
+    """FSDP2 with `dynamics_sketch_dim`: shards sketched by global index and summed are the full sketches; the
+    callback on the sharded model (rows and columns sharded) logs what it logs on the unsharded model."""
+    for rank in (0, 1):
+        result = json.loads((two_process_runs / f"fsdp_rank{rank}.json").read_text())
+        assert result["sketch_difference"] < 1e-6
+        for metric in ("sketched_predictability", "sketched_rotation"):
+            sharded, reference = result["sharded"][metric], result["reference"][metric]
+            assert sharded["value"] == pytest.approx(reference["value"], abs=1e-6)
+            assert sharded["per_layer"] == pytest.approx(reference["per_layer"], abs=1e-6)
+        # The sketch is really on: a sketched layer's predictability is not the exact one.
+        exact, sketched = result["reference"]["gradient_predictability"], result["reference"]["sketched_predictability"]
+        assert abs(exact["per_layer"]["0.weight"] - sketched["per_layer"]["0.weight"]) > 1e-3
+        callback = result["callback"]
+        assert callback["column_sharded"] and len(callback["sharded"]) == len(callback["mirror"]) == 4
+        for mine, theirs in zip(callback["sharded"], callback["mirror"]):
+            assert mine.keys() == theirs.keys()
+            for key in SHARED_METRICS:
+                if key in theirs:
+                    assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (mine["step"], key)
+        assert sum("dynamics/gradient_predictability" in h for h in callback["sharded"]) == 3
+
+
+@pytest.mark.multiprocess
 def test_two_process_resume_matches_the_uninterrupted_run(two_process_runs, tmp_path):
     """Stop both ranks after the checkpoint at step 4, resume in new processes: same switch and parameters."""
     _torchrun("ddp_equality.py", "--output_dir", str(tmp_path), "--mode", "stop")
