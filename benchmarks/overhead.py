@@ -23,7 +23,10 @@ happens before ``on_step_begin`` and is left out of every configuration alike; w
 outside its steps (set-up, data loading, saving the initial weights for layer rotation) is shown
 apart. Each repetition runs the configurations one after the other (plain, default, every_step,
 plain, ...) on a fresh model built from the same seed, so a slow spell of the machine hits all of
-them; the table gives the median over repetitions of each run's mean step time.
+them; the table gives the median over repetitions of each run's mean step time. With ``--isolate``
+each timed run is a fresh child process of its own (this script, re-invoked with a hidden
+``--_timed_child``), so that no configuration inherits the allocator state an earlier run left (under
+glibc's adaptive thresholds that state changes step times by 10 %: docs/benchmarks.md).
 
 **Peak memory.** Process RSS cannot be compared between runs inside one process, so each
 (model, configuration) also trains a few steps in child processes of its own (this script,
@@ -418,6 +421,39 @@ def memory_child_main(model_name: str, configuration: str) -> None:
     print(json.dumps(report))
 
 
+def timed_child_main(model_name: str, configuration: str, steps: int) -> None:
+    """Body of an isolated timed run (``--isolate``): one run in a fresh process, its `RunResult` as JSON."""
+    spec = MODEL_SPECS[model_name]()
+    if spec is None:
+        raise SystemExit(f"model {model_name!r} is not available")
+    with tempfile.TemporaryDirectory(prefix="hf_critical_overhead_") as output_dir:
+        result = train_once(spec, configuration, steps, output_dir)
+    print(json.dumps(result.__dict__))
+
+
+def run_timed_child(model_name: str, configuration: str, steps: int, options: argparse.Namespace) -> RunResult:
+    """One timed run in a child process of its own: no configuration inherits another's allocator history."""
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_timed_child",
+        model_name,
+        configuration,
+        str(steps),
+        "--threads",
+        str(options.threads),
+        "--allocator",
+        options.allocator,
+        *(["--unmeasured"] if configuration == "unmeasured" else []),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(
+            f"timed child {model_name}/{configuration} failed ({finished.returncode}):\n{finished.stderr[-3000:]}"
+        )
+    return RunResult(**json.loads(finished.stdout.strip().splitlines()[-1]))
+
+
 def run_memory_child(model_name: str, configuration: str, threads: int) -> dict:
     command = [
         sys.executable,
@@ -483,8 +519,11 @@ def benchmark_model(spec: ModelSpec, steps: int, options: argparse.Namespace) ->
     summaries = {name: ConfigurationSummary([], [], []) for name in CONFIGURATIONS}
     for repetition in range(1, options.reps + 1):
         for configuration in CONFIGURATIONS:
-            with tempfile.TemporaryDirectory(prefix="hf_critical_overhead_") as output_dir:
-                result = train_once(spec, configuration, steps, output_dir)
+            if options.isolate:
+                result = run_timed_child(spec.name, configuration, steps, options)
+            else:
+                with tempfile.TemporaryDirectory(prefix="hf_critical_overhead_") as output_dir:
+                    result = train_once(spec, configuration, steps, output_dir)
             timed = result.step_seconds[options.warmup :]
             summary = summaries[configuration]
             summary.run_means.append(statistics.fmean(timed))
@@ -635,7 +674,8 @@ def method_note(results: list[ModelResult], options: argparse.Namespace) -> str:
     note = (
         f"Step time: median over {options.reps} repetitions of each run's mean optimizer-step time (the first "
         f"{options.warmup} steps dropped, measuring steps included); configurations alternated within each "
-        "repetition."
+        "repetition"
+        + (", each run in a fresh process of its own (`--isolate`)." if options.isolate else ", in one process.")
     )
     if options.memory:
         repeats = "" if options.memory_reps == 1 else f" (median [min–max] over {options.memory_reps} children)"
@@ -698,9 +738,15 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the control `unmeasured`: CriticalPeriodTrainer with the metrics on but no measurement in the run",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each timed run in a fresh child process (no run inherits the allocator state another left)",
+    )
     add_allocator_option(parser)
     parser.add_argument("--output", help="also write the markdown table to this file")
     parser.add_argument("--_memory_child", nargs=2, metavar=("MODEL", "CONFIGURATION"), help=argparse.SUPPRESS)
+    parser.add_argument("--_timed_child", nargs=3, metavar=("MODEL", "CONFIGURATION", "STEPS"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.unmeasured:
         CONFIGURATIONS["unmeasured"] = UNMEASURED_EVERY_N_STEPS
@@ -712,10 +758,11 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "minilm_steps"):
         if getattr(options, name) <= options.warmup:
             parser.error(f"--{name} ({getattr(options, name)}) must exceed --warmup ({options.warmup})")
-    if options._memory_child is not None:
-        model_name, configuration = options._memory_child
-        if model_name not in MODEL_SPECS or configuration not in CONFIGURATIONS:
-            parser.error(f"--_memory_child takes a model in {list(MODEL_SPECS)} and one of {list(CONFIGURATIONS)}")
+    for child in ("_memory_child", "_timed_child"):
+        if getattr(options, child) is not None:
+            model_name, configuration = getattr(options, child)[:2]
+            if model_name not in MODEL_SPECS or configuration not in CONFIGURATIONS:
+                parser.error(f"--{child} takes a model in {list(MODEL_SPECS)} and one of {list(CONFIGURATIONS)}")
     return options
 
 
@@ -727,8 +774,12 @@ def main(argv: list[str] | None = None) -> None:
     if options._memory_child is not None:
         memory_child_main(*options._memory_child)
         return
-
     allocator = set_allocator(options.allocator)
+    if options._timed_child is not None:
+        model_name, configuration, steps = options._timed_child
+        timed_child_main(model_name, configuration, int(steps))
+        return
+
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results = []
