@@ -19,7 +19,8 @@ Scores with GLUE's metric for the task through ``evaluate``: the Hub module
 
 The collator makes k = ``--augment_copies`` (default 4) augmented copies of every training
 sentence (``--text_augmenter default``: keyboard typos, word swaps and deletions from nlpaug)
-until the detector fires, then one clean copy. ``--detector never`` keeps k copies to the end
+until the detector fires, then one copy (augmented by default; ``--augment_after_switch clean``: the
+clean sentence). ``--detector never`` keeps k copies to the end
 (the baseline), ``--text_augmenter none --augment_copies 1`` trains without augmentation.
 
 Writes to ``--output_dir``: the model, ``critical_period_results.json`` (measured and derived

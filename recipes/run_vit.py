@@ -23,7 +23,8 @@ a small ViT from scratch: ``--config_name vit-digits|vit-cifar|vit-tiny`` (see
 
 Until the detector fires every image gives k = ``--augment_copies`` (default 4) rows augmented
 with ``--augment_policy`` (trivial, rand, crop_flip, affine; by default on the training device);
-afterwards each image gives one clean row. ``--detector never`` keeps k copies to the end (the
+afterwards each image gives one row (one augmented copy by default; ``--augment_after_switch clean``:
+the clean image). ``--detector never`` keeps k copies to the end (the
 baseline); ``--augment_policy none --augment_copies 1`` trains without augmentation.
 
 Writes to ``--output_dir``: the model and image processor, ``critical_period_results.json``

@@ -2,8 +2,9 @@
 
 Before the switch every training batch of B samples becomes B * k rows, **sample-major**: rows
 ``[i * k, (i + 1) * k)`` are the copies of sample ``i`` and ``labels`` is repeated to match
-(``repeat_interleave``). After the switch each sample gives one row: its clean original
-(``after_switch="clean"``, the default) or one augmented copy (``after_switch="augmented"``).
+(``repeat_interleave``). After the switch each sample gives one row: one augmented copy
+(``after_switch="augmented"``, the default) or its clean original (``after_switch="clean"``); the
+oracle sweeps behind the default are in docs/results.md.
 
 The switch must act at an exact optimizer step although DataLoader workers hold their own copy of
 the collator and have already collated a few batches ahead. Two mechanisms make that work:

@@ -34,14 +34,14 @@ class AugmentationCollator:
 
     Args:
         copies: k >= 1, the rows each sample gives before the switch.
-        after_switch: ``"clean"`` (the original sample) or ``"augmented"`` (one augmented copy).
+        after_switch: ``"augmented"`` (one augmented copy, the default) or ``"clean"`` (the original sample).
         original_first: copy 0 of each sample is the un-augmented original (needs ``copies >= 2``).
         seed: if given, a batch's augmentation is a pure function of (seed, epoch, the batch's clean
             content); see `_seeds`. None: drawn from the global RNGs.
     """
 
     def __init__(
-        self, copies: int, after_switch: str = "clean", original_first: bool = False, seed: int | None = None
+        self, copies: int, after_switch: str = "augmented", original_first: bool = False, seed: int | None = None
     ):
         if not isinstance(original_first, bool):
             raise ValueError(f"`original_first` must be a bool, got {original_first!r}")

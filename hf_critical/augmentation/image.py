@@ -91,7 +91,7 @@ class ImageAugmentationCollator(AugmentationCollator):
         self,
         policy: str | Callable[[torch.Tensor], torch.Tensor] = "trivial",
         copies: int = 4,
-        after_switch: str = "clean",
+        after_switch: str = "augmented",
         original_first: bool = False,
         image_field: str = "pixel_values",
         label_field: str = "labels",
@@ -234,8 +234,8 @@ class ImageAugmentationCollator(AugmentationCollator):
 
         ``copies`` (k) defaults to `rows_per_sample` (the trainer passes the rows per sample of the
         current step). k > 1: k rows per sample, sample-major, every copy augmented except copy 0
-        with ``original_first``, plus ``hf_critical_single``. k == 1 once switched: the clean batch
-        (``after_switch="clean"``) or one augmented copy; k == 1 before the switch: one augmented
+        with ``original_first``, plus ``hf_critical_single``. k == 1 once switched: one augmented copy
+        (``after_switch="augmented"``) or the clean batch (``"clean"``); k == 1 before the switch: one augmented
         copy (``copies=1`` is plain augmentation). Per-sample tensors (first dimension B, e.g.
         ``labels``) are repeated; other values are passed through; reserved keys are dropped. The
         input is not modified.

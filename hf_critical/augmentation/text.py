@@ -188,7 +188,7 @@ class TextAugmentationCollator(AugmentationCollator):
         copies: int = 4,
         text_fields: Sequence[str] | str = ("sentence",),
         label_field: str = "label",
-        after_switch: str = "clean",
+        after_switch: str = "augmented",
         original_first: bool = False,
         max_length: int | None = None,
         padding: str = "longest",

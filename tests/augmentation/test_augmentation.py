@@ -108,7 +108,7 @@ def test_settings_checked_and_switch_flag() -> None:
     assert collator.switched and collator.rows_per_sample == 1
     collator.reset()
     assert collator.rows_per_sample == 3
-    assert "copies=3" in repr(collator) and "after_switch='clean'" in repr(collator)
+    assert "copies=3" in repr(collator) and "after_switch='augmented'" in repr(collator)
 
 
 # ---- text ------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_text_layout_is_sample_major(tokenizer) -> None:
 
 
 def test_text_original_first_and_clean_single(tokenizer) -> None:
-    collator = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=2, original_first=True)
+    collator = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=2, original_first=True, after_switch="clean")
     features = _features()
     batch = collator(features)
     single = batch[SINGLE_KEY]
@@ -147,7 +147,7 @@ def test_text_original_first_and_clean_single(tokenizer) -> None:
 
 def test_text_single_padded_on_its_own(tokenizer) -> None:
     # An augmenter that lengthens every text: the single (clean) view must not carry the extra padding.
-    collator = TextAugmentationCollator(tokenizer, augmenter=lambda ts: [t + " great music great music" for t in ts])
+    collator = TextAugmentationCollator(tokenizer, augmenter=lambda ts: [t + " great music great music" for t in ts], after_switch="clean")
     batch = collator(_features())
     assert batch[SINGLE_KEY]["input_ids"].shape[1] == batch["input_ids"].shape[1] - 4
 
@@ -172,7 +172,7 @@ def test_text_augmented_single_is_first_augmented_copy(tokenizer) -> None:
 
 def test_text_after_switch(tokenizer) -> None:
     features = _features()
-    clean = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=4)
+    clean = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=4, after_switch="clean")
     clean.switch()
     batch = clean(features)
     assert batch[ROWS_PER_SAMPLE_KEY] == 1 and SINGLE_KEY not in batch
@@ -184,7 +184,7 @@ def test_text_after_switch(tokenizer) -> None:
     assert _decode(tokenizer, batch["input_ids"][0]) == " ".join(reversed(SENTENCES[0].split()))
     # copies=1 before any switch: plain one-copy augmentation
     # (it carries its clean view: a batch prefetched before a switch to clean trains on that)
-    one = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=1)
+    one = TextAugmentationCollator(tokenizer, augmenter=ReverseWords(), copies=1, after_switch="clean")
     batch = one(features)
     assert batch[ROWS_PER_SAMPLE_KEY] == 1
     assert [_decode(tokenizer, ids) for ids in batch[SINGLE_KEY]["input_ids"]] == [f["sentence"] for f in features]
@@ -194,7 +194,8 @@ def test_text_after_switch(tokenizer) -> None:
 def test_text_pairs_and_float_labels(tokenizer) -> None:
     augmenter = ReverseWords()
     collator = TextAugmentationCollator(
-        tokenizer, augmenter=augmenter, copies=2, text_fields=("sentence1", "sentence2"), max_length=12
+        tokenizer, augmenter=augmenter, copies=2, text_fields=("sentence1", "sentence2"), max_length=12,
+        after_switch="clean",
     )
     features = [
         {"sentence1": "the film was great", "sentence2": "a joy to watch", "label": 4.2},
@@ -372,7 +373,7 @@ def _image_features(images: torch.Tensor, labels=None):
 @pytest.mark.parametrize("policy", IMAGE_POLICIES)
 def test_each_policy_on_digit_like_images(policy) -> None:
     images = _digits(6)
-    collator = ImageAugmentationCollator(policy=policy, copies=4, value_range=(0.0, 16.0), seed=0, on_device=False)
+    collator = ImageAugmentationCollator(policy=policy, copies=4, value_range=(0.0, 16.0), seed=0, on_device=False, after_switch="clean")
     batch = collator(_image_features(images))
     out = batch["pixel_values"]
     assert out.shape == (24, 1, 8, 8) and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -395,7 +396,7 @@ def test_color_policies_on_rgb(policy) -> None:
 
 def test_image_on_device_collate_then_augment_batch() -> None:
     images = _digits(5)
-    collator = ImageAugmentationCollator(policy="affine", copies=3, value_range=(0, 16), seed=0)
+    collator = ImageAugmentationCollator(policy="affine", copies=3, value_range=(0, 16), seed=0, after_switch="clean")
     clean = collator(_image_features(images.numpy(), labels=[0.5] * 5))  # numpy input, float labels
     assert clean[ROWS_PER_SAMPLE_KEY] == 1 and clean[AUGMENT_ON_DEVICE_KEY] is True
     assert torch.equal(clean["pixel_values"], images) and clean["labels"].dtype == torch.float32
@@ -433,7 +434,7 @@ def test_image_original_first_and_augmented_single() -> None:
     after = collator.augment_batch({"pixel_values": images, "labels": torch.arange(4)})
     assert after["pixel_values"].shape == images.shape and not torch.equal(after["pixel_values"], images)
     # copies=1 before the switch: one augmented copy, and its clean view for a switch to clean
-    one = ImageAugmentationCollator(policy="affine", copies=1, on_device=False, seed=0)
+    one = ImageAugmentationCollator(policy="affine", copies=1, on_device=False, seed=0, after_switch="clean")
     batch = one(_image_features(images))
     assert batch[ROWS_PER_SAMPLE_KEY] == 1 and not torch.equal(batch["pixel_values"], images)
     assert torch.equal(batch[SINGLE_KEY]["pixel_values"], images)
@@ -542,7 +543,7 @@ def test_image_uint8_is_converted() -> None:
 
 def test_single_view_equals_the_post_switch_batch(tokenizer) -> None:
     features = _features()
-    text = TextAugmentationCollator(tokenizer, augmenter=RandomLetter(), copies=3, seed=0)
+    text = TextAugmentationCollator(tokenizer, augmenter=RandomLetter(), copies=3, seed=0, after_switch="clean")
     before = text(features)
     text.switch()
     after = text(features)
@@ -550,7 +551,7 @@ def test_single_view_equals_the_post_switch_batch(tokenizer) -> None:
     assert before[SINGLE_KEY].keys() == after.keys()
     assert all(torch.equal(before[SINGLE_KEY][k], after[k]) for k in after)
     images = _image_features(torch.rand(4, 1, 8, 8))
-    image = ImageAugmentationCollator(policy="trivial", copies=3, on_device=False, seed=0)
+    image = ImageAugmentationCollator(policy="trivial", copies=3, on_device=False, seed=0, after_switch="clean")
     before = image(images)
     image.switch()
     after = image(images)

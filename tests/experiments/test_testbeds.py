@@ -84,7 +84,9 @@ def test_span_cutoff_in_the_collator_is_seeded_and_keeps_the_clean_row_after_a_s
     features = [{"sentence": "the film was very good not bad fun", "label": 1}, {"sentence": "a bad plot", "label": 0}]
 
     def collate():
-        collator = TextAugmentationCollator(tokenizer, augmenter=TokenSpanCutoff(tokenizer), copies=3, seed=7)
+        collator = TextAugmentationCollator(
+            tokenizer, augmenter=TokenSpanCutoff(tokenizer), copies=3, seed=7, after_switch="clean"
+        )
         return collator, collator(features)
 
     first_collator, first = collate()

@@ -97,7 +97,7 @@ def run(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=ImageAugmentationCollator(policy=flip, copies=3, on_device=False),
+        data_collator=ImageAugmentationCollator(policy=flip, copies=3, on_device=False, after_switch="clean"),
         callbacks=[Delay(step_delay)] if step_delay else None,
     )
     trainer.train(resume_from_checkpoint=resume)
