@@ -431,51 +431,38 @@ def timed_child_main(model_name: str, configuration: str, steps: int) -> None:
     print(json.dumps(result.__dict__))
 
 
-def run_timed_child(model_name: str, configuration: str, steps: int, options: argparse.Namespace) -> RunResult:
-    """One timed run in a child process of its own: no configuration inherits another's allocator history."""
+def _run_child(role: str, model_name: str, configuration: str, arguments: list[str], environment=None) -> dict:
+    """Runs this file again as ``--_<role>_child`` and returns the JSON object on its last line of output."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
-        "--_timed_child",
+        f"--_{role}_child",
         model_name,
         configuration,
-        str(steps),
-        "--threads",
-        str(options.threads),
-        "--allocator",
-        options.allocator,
+        *arguments,
         *(["--unmeasured"] if configuration == "unmeasured" else []),
     ]
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment)
     if finished.returncode != 0:
         raise RuntimeError(
-            f"timed child {model_name}/{configuration} failed ({finished.returncode}):\n{finished.stderr[-3000:]}"
+            f"{role} child {model_name}/{configuration} failed ({finished.returncode}):\n{finished.stderr[-3000:]}"
         )
-    return RunResult(**json.loads(finished.stdout.strip().splitlines()[-1]))
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def run_timed_child(model_name: str, configuration: str, steps: int, options: argparse.Namespace) -> RunResult:
+    """One timed run in a child process of its own: no configuration inherits another's allocator history."""
+    arguments = [str(steps), "--threads", str(options.threads), "--allocator", options.allocator]
+    return RunResult(**_run_child("timed", model_name, configuration, arguments))
 
 
 def run_memory_child(model_name: str, configuration: str, threads: int) -> dict:
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--_memory_child",
-        model_name,
-        configuration,
-        "--threads",
-        str(threads),
-        *(["--unmeasured"] if configuration == "unmeasured" else []),
-    ]
     # With its default dynamic mmap threshold, glibc serves blocks freed by earlier steps from its heap
     # and keeps them resident, so peak RSS follows the allocator's history and hides differences of a
     # few MiB. A fixed threshold (which turns the dynamic one off) hands every block above 64 KiB back
     # to the system when freed: peak RSS then follows the peak of live memory.
     environment = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
-    finished = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if finished.returncode != 0:
-        raise RuntimeError(
-            f"memory child {model_name}/{configuration} failed ({finished.returncode}):\n{finished.stderr[-3000:]}"
-        )
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    return _run_child("memory", model_name, configuration, ["--threads", str(threads)], environment)
 
 
 # ---- the benchmark ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..metrics import MetricResult, gradient_predictability, layer_rotation, loc
 from ..metrics.gradient_snapshot import GradientKeeper
 from ..metrics.layers import LayerSelection, select_parameters, validate_layer_selection
 from ..metrics.lora import EffectiveWeights, lora_layers
-from ..metrics.sketch import shard_layout, sketch_keys, sketch_tensors, sketched_layer_rotation
+from ..metrics.sketch import ShardLayout, shard_layout, sketch_keys, sketch_tensors, sketched_layer_rotation
 from ..names import (
     CURRENT_COPIES_FIELD,
     DYNAMICS_FILE,
@@ -99,6 +99,8 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         self.sketch_dim = sketch_dim
         self._sketch_keys: dict[str, tuple[int, int, int, int]] = {}
         self._initial_sketches: dict[str, torch.Tensor] = {}
+        # Sharded sketches: where each parameter's local shard sits in the full tensor (its gradient's too).
+        self._layouts: dict[str, ShardLayout] | None = None
         self._rotation_keys: dict[str, tuple[int, int, int, int]] = {}
         #: Chunks of distinct samples the measured step's batch is split into for gradient confusion
         #: (without gradient accumulation): all their pairs are compared.
@@ -209,6 +211,9 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
             return
         # Sharded parameters (FSDP2): metrics are partial sums over local shards, summed across the shard group.
         self._reduce = shard_reduction(self.selection.parameters.values())
+        self._layouts = None
+        if self._reduce is not None and self.sketch_dim is not None:
+            self._layouts = {name: shard_layout(p) for name, p in self.selection.parameters.items()}
         seed = int(getattr(args, "seed", 0))
         self._sketch_keys = {name: sketch_keys(seed, i) for i, name in enumerate(self.selection.names)}
         self._pending = {}
@@ -241,7 +246,8 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
         if self.sketch_dim is not None and (self.is_measured_step(step) or self.is_measured_step(step + 1)):
             keys = [self._sketch_keys[name] for name in self.selection.names]
             # Fresh tensors: kept as they are. Sharded: each rank sketches its shards, summed into the full sketches.
-            grads = sketch_tensors(grads, self.sketch_dim, keys, reduce=self._reduce)
+            layouts = None if self._layouts is None else [self._layouts[name] for name in self.selection.names]
+            grads = sketch_tensors(grads, self.sketch_dim, keys, reduce=self._reduce, layouts=layouts)
         current_sq_norms: dict[str, torch.Tensor] = {}
         if self.is_measured_step(step):
             previous = None
@@ -302,6 +308,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
                     self.sketch_dim,
                     self._rotation_keys,
                     reduce=self._reduce,
+                    layouts=self._layouts,
                 )
             else:
                 results["layer_rotation"] = layer_rotation(
@@ -373,9 +380,7 @@ class DynamicsCallback(CheckpointFilesMixin, TrainerCallback):
                 self._rotation_keys[name] = self._sketch_keys[layer.factors[0][0] if layer else name]
             names = list(initial)
             # Sharded: the file holds this rank's shards; the parameters say where they sit in the full layers.
-            layouts = None
-            if self._reduce is not None:
-                layouts = [shard_layout(self.selection.parameters[name]) for name in names]
+            layouts = None if self._layouts is None else [self._layouts[name] for name in names]
             sketches = sketch_tensors(
                 [initial[name] for name in names],
                 self.sketch_dim,
