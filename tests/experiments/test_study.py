@@ -332,6 +332,29 @@ def test_the_fraction_sweep_has_one_curve_per_meaning_of_one_copy_with_shared_en
         study.fraction_points(summary, "t", "noisy")
 
 
+def test_the_depth_oracle_table_has_one_column_per_depth_and_its_criteria(tmp_path):
+    def sweep(task, accuracies, std=0.01):
+        arms = ["none", "fixed@10%:clean", "fixed@50%:clean", "full"]
+        return [dict(_entry(arm, a, 10.0, std), task=task) for arm, a in zip(arms, accuracies)]
+
+    # Deep: full loses to an earlier switch, so "within 0.3 pp of full" is met at 0 %; the near-best is not.
+    summary = sweep("deep", [0.88, 0.89, 0.94, 0.88]) + sweep("shallow", [0.92, 0.93, 0.935, 0.94], std=0.006)
+    members = [("deep", 8), ("shallow", 2)]
+    table = study.depth_oracle_table(summary, members, "clean").splitlines()
+    assert table[0] == "| switch at | 2 layers: accuracy % | 8 layers: accuracy % |"  # ordered by depth
+    assert table[2] == "| 0 % | 92.00 ± 0.60 | 88.00 ± 1.00 |"
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[6:])}
+    assert rows["best point"] == ["100 % (94.00)", "50 % (94.00)"]
+    # shallow: 50 % (93.5) reaches 94.0 - 0.6; deep: only the best point reaches 94 - 1.
+    assert rows["earliest within one std of the best"] == ["50 %", "50 %"]
+    assert rows["earliest within 0.3 pp of full"] == ["–", "0 %"]  # degenerate where full loses
+    assert rows["best − 0 % (pp)"] == ["+2.00", "+6.00"]
+    assert study.near_best_fraction([]) is None
+    assert study.depth_oracle_table(summary, members, "augmented") == ""  # only the shared end, full
+    assert os.path.isfile(study.plot_depth_oracle(summary, "family", members, str(tmp_path / "d.png")))
+    assert study.plot_depth_oracle(summary[:2], "family", members, str(tmp_path / "e.png")) is None
+
+
 def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_price():
     row = {"train_seconds": 1800.0, "train_energy_kwh": 0.5}
     money = study.money_columns(row, price_per_accelerator_hour=4.0, price_per_kwh=0.2)

@@ -68,7 +68,7 @@ from .config import (
     parse_arm,
     plan_runs,
 )
-from .plots import plot_arm_curves, plot_depth, plot_fraction_oracle, plot_metric_curves, plot_task
+from .plots import plot_arm_curves, plot_depth, plot_depth_oracle, plot_fraction_oracle, plot_metric_curves, plot_task
 from .report import export_dynamics, read_dynamics_file, report
 from .rows import (
     COLUMNS,
@@ -84,10 +84,12 @@ from .rows import (
 from .runner import estimate_wall_seconds, eval_history, execute, recipe_path, run_status, validation_switch_step
 from .summary import (
     best_fraction,
+    depth_oracle_table,
     earliest_no_loss_fraction,
     fraction_points,
     fraction_table,
     markdown_table,
+    near_best_fraction,
     oracle_point,
     replay_rows,
     steps_per_epoch_of,
@@ -117,6 +119,7 @@ __all__ = [
     "Task",
     "WALL_FILE",
     "best_fraction",
+    "depth_oracle_table",
     "collect",
     "committed_rows",
     "exported_dynamics_path",
@@ -133,12 +136,14 @@ __all__ = [
     "learning_rates_from_records",
     "load_config",
     "markdown_table",
+    "near_best_fraction",
     "money_columns",
     "oracle_point",
     "parse_arm",
     "plan_runs",
     "plot_arm_curves",
     "plot_depth",
+    "plot_depth_oracle",
     "plot_fraction_oracle",
     "plot_metric_curves",
     "plot_task",

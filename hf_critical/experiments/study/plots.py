@@ -52,6 +52,42 @@ def plot_fraction_oracle(summary: Sequence[Mapping[str, Any]], task: str, path: 
     return _save(fig, path)
 
 
+def plot_depth_oracle(
+    summary: Sequence[Mapping[str, Any]], family: str, members: Sequence[tuple[str, int]], path: str
+) -> str | None:
+    """Accuracy against the switch point, one line per depth; one panel per meaning of k = 1."""
+    ordered = sorted(members, key=lambda member: member[1])
+    curves = {mode: [(depth, fraction_points(summary, task, mode)) for task, depth in ordered] for mode in AFTER_SWITCH_MODES}
+    if not any(len(points) >= 3 for lines in curves.values() for _, points in lines):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2), squeeze=False)
+    for ax, (mode, lines) in zip(axes[0], curves.items()):
+        for i, (depth, points) in enumerate(lines):
+            if not points:
+                continue
+            ax.errorbar(
+                [100 * fraction + (i - 1) * 0.6 for fraction, _ in points],  # offsets keep the error bars apart
+                [100 * entry["accuracy"] for _, entry in points],
+                yerr=[100 * (entry.get("accuracy_std") or 0) for _, entry in points],
+                fmt="o-",
+                color=f"C{i}",
+                capsize=2,
+                label=f"{depth} layers",
+            )
+        ax.set_xlabel("switch point (% of the run; 0: never k copies, 100: k copies throughout)")
+        ax.set_ylabel("accuracy (%, mean ± std over seeds)")
+        ax.set_title(f"{family}: k=1 {mode} after the switch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---- plots ------------------------------------------------------------------------------------------
 
 

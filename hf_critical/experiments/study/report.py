@@ -11,10 +11,11 @@ from typing import Any
 
 from ...arguments import AFTER_SWITCH_MODES
 from .config import Run, StudyConfig, exported_dynamics_path, run_status
-from .plots import plot_arm_curves, plot_depth, plot_fraction_oracle, plot_metric_curves, plot_task
+from .plots import plot_arm_curves, plot_depth, plot_depth_oracle, plot_fraction_oracle, plot_metric_curves, plot_task
 from .rows import collect, write_csv
 from .summary import (
     best_fraction,
+    depth_oracle_table,
     earliest_no_loss_fraction,
     fraction_points,
     fraction_table,
@@ -154,9 +155,20 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         lines.append("")
     if config.depth_groups:
         groups = {family: list(members.items()) for family, members in config.depth_groups.items()}
-        depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))
+        depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png")) if replayed else None
         if depth_plot:
             lines += ["## Depth", "", "![depth.png](plots/depth.png)", ""]
+        for family, members in groups.items():
+            tables = [(mode, depth_oracle_table(summary, members, mode)) for mode in AFTER_SWITCH_MODES]
+            if not any(table for _, table in tables):
+                continue
+            lines += [f"## Depth against the oracle: {family}", ""]
+            for mode, table in tables:
+                if table:
+                    lines += [f"k=1 {mode} after the switch (mean ± std over seeds):", "", table, ""]
+            plot = plot_depth_oracle(summary, family, members, os.path.join(out, "plots", f"depth_oracle_{family}.png"))
+            if plot:
+                lines += [f"![{os.path.basename(plot)}](plots/{os.path.basename(plot)})", ""]
     export_dynamics(runs, os.path.join(out, "dynamics"))
     # The logs exported here and those committed by earlier parts (on a fresh clone, their outputs are gone).
     logs = [

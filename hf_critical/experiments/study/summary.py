@@ -295,6 +295,64 @@ def best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> tuple[fl
     return max(points, key=lambda point: point[1]["accuracy"], default=None)
 
 
+def near_best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> float | None:
+    """The earliest switch point whose mean accuracy reaches the best point's mean minus its std over seeds.
+
+    Unlike `earliest_no_loss_fraction` it does not need ``full`` to be the best arm: where augmenting to the
+    end loses (``full`` below an earlier switch), "within 0.3 pp of full" is met at once and says nothing.
+    """
+    best = best_fraction(points)
+    if best is None:
+        return None
+    floor = best[1]["accuracy"] - (best[1].get("accuracy_std") or 0.0)
+    return next(fraction for fraction, entry in points if entry["accuracy"] >= floor)
+
+
+def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[tuple[str, int]], mode: str) -> str:
+    """One meaning of k = 1: accuracy (mean ± std) per switch point (rows) and depth (columns).
+
+    ``members``: (task, number of layers). Below the points, each depth's best point, its earliest point
+    within one std of the best (`near_best_fraction`), its earliest within 0.3 pp of ``full`` and the
+    best point's gain over never augmenting (``none`` for ``clean``, one augmented copy throughout for
+    ``augmented``: the 0 % point).
+    """
+    ordered = sorted(members, key=lambda member: member[1])
+    columns = {task: dict(fraction_points(summary, task, mode)) for task, _ in ordered}
+    fractions = sorted({f for points in columns.values() for f in points})
+    if not any(fraction < 1.0 for fraction in fractions):
+        return ""  # no sweep of this meaning: only the shared end, ``full``
+
+    def percent(fraction: float | None) -> str:
+        return "–" if fraction is None else f"{100 * fraction:g} %"
+
+    lines = [
+        "| switch at | " + " | ".join(f"{depth} layers: accuracy %" for _, depth in ordered) + " |",
+        "|---|" + "---|" * len(ordered),
+    ]
+    for fraction in fractions:
+        cells = []
+        for task, _ in ordered:
+            entry = columns[task].get(fraction)
+            cells.append("–" if entry is None else _cell(entry["accuracy"], entry["accuracy_std"], 100, 2))
+        lines.append(f"| {100 * fraction:g} % | " + " | ".join(cells) + " |")
+    best, near, no_loss, gain = [], [], [], []
+    for task, _ in ordered:
+        points = sorted(columns[task].items())
+        top = best_fraction(points)
+        best.append("–" if top is None else f"{percent(top[0])} ({100 * top[1]['accuracy']:.2f})")
+        near.append(percent(near_best_fraction(points)))
+        no_loss.append(percent(earliest_no_loss_fraction(points)))
+        start = columns[task].get(0.0)
+        gain.append("–" if top is None or start is None else f"{100 * (top[1]['accuracy'] - start['accuracy']):+.2f}")
+    lines += [
+        "| best point | " + " | ".join(best) + " |",
+        "| earliest within one std of the best | " + " | ".join(near) + " |",
+        "| earliest within 0.3 pp of full | " + " | ".join(no_loss) + " |",
+        "| best − 0 % (pp) | " + " | ".join(gain) + " |",
+    ]
+    return "\n".join(lines)
+
+
 def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
     """Accuracy (mean ± std) and train time per switch point, both meanings of k = 1 side by side."""
     columns = {mode: dict(fraction_points(summary, task, mode)) for mode in AFTER_SWITCH_MODES}
