@@ -79,11 +79,12 @@ def plot_depth_oracle(
                 capsize=2,
                 label=f"{depth} layers",
             )
-        ax.set_xlabel("switch point (% of the run; 0: never k copies, 100: k copies throughout)")
-        ax.set_ylabel("accuracy (%, mean ± std over seeds)")
-        ax.set_title(f"{family}: k=1 {mode} after the switch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_axes(
+            ax,
+            "switch point (% of the run; 0: never k copies, 100: k copies throughout)",
+            "accuracy (%, mean ± std over seeds)",
+            f"{family}: k=1 {mode} after the switch",
+        )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -172,11 +173,7 @@ def plot_task(summary: Sequence[Mapping[str, Any]], task: str, path_prefix: str)
                 if e["switched"] == e["seeds"]
                 else f"{e['arm']} (fired in {e['switched']}/{e['seeds']} seeds)",
             )
-        ax.set_xlabel("switch epoch (k copies -> 1)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{task}: accuracy vs switch epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_axes(ax, "switch epoch (k copies -> 1)", "accuracy (%)", f"{task}: accuracy vs switch epoch")
         fig.tight_layout()
         paths.append(_save(fig, f"{path_prefix}_oracle.png"))
     return paths
@@ -310,6 +307,14 @@ def plot_depth(
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _marker(arm: str) -> str:
