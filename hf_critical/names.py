@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "AFTER_SWITCH_MODES",
+    "DEFAULT_AFTER_SWITCH",
     "AUGMENT_MODES",
     "AUGMENT_ON_DEVICE_KEY",
     "COPY_INDEX_KEY",
@@ -46,6 +47,8 @@ COPY_INDEX_KEY = "hf_critical_copy"
 
 #: What a sample becomes after the switch (k = 1): the clean sample, or one augmented copy.
 AFTER_SWITCH_MODES = ("clean", "augmented")
+#: The collators' default (the oracle sweeps behind it: docs/results.md, "The default after the switch").
+DEFAULT_AFTER_SWITCH = "augmented"
 
 #: Where layer rotation keeps the initial weights.
 INITIAL_WEIGHTS_STORAGE = ("disk", "host", "device")

@@ -21,6 +21,7 @@ import torch
 from ..names import (
     AFTER_SWITCH_MODES,
     COPY_INDEX_KEY,
+    DEFAULT_AFTER_SWITCH,
 )
 
 
@@ -41,7 +42,7 @@ class AugmentationCollator:
     """
 
     def __init__(
-        self, copies: int, after_switch: str = "augmented", original_first: bool = False, seed: int | None = None
+        self, copies: int, after_switch: str = DEFAULT_AFTER_SWITCH, original_first: bool = False, seed: int | None = None
     ):
         if not isinstance(original_first, bool):
             raise ValueError(f"`original_first` must be a bool, got {original_first!r}")

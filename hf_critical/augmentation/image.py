@@ -12,6 +12,7 @@ import torch
 
 from ..names import (
     AUGMENT_ON_DEVICE_KEY,
+    DEFAULT_AFTER_SWITCH,
     RESERVED_KEYS,
     ROWS_PER_SAMPLE_KEY,
     SEED_KEY,
@@ -91,7 +92,7 @@ class ImageAugmentationCollator(AugmentationCollator):
         self,
         policy: str | Callable[[torch.Tensor], torch.Tensor] = "trivial",
         copies: int = 4,
-        after_switch: str = "augmented",
+        after_switch: str = DEFAULT_AFTER_SWITCH,
         original_first: bool = False,
         image_field: str = "pixel_values",
         label_field: str = "labels",

@@ -14,6 +14,7 @@ import torch
 
 from ..extras import require
 from ..names import (
+    DEFAULT_AFTER_SWITCH,
     ROWS_PER_SAMPLE_KEY,
     SINGLE_KEY,
 )
@@ -188,7 +189,7 @@ class TextAugmentationCollator(AugmentationCollator):
         copies: int = 4,
         text_fields: Sequence[str] | str = ("sentence",),
         label_field: str = "label",
-        after_switch: str = "augmented",
+        after_switch: str = DEFAULT_AFTER_SWITCH,
         original_first: bool = False,
         max_length: int | None = None,
         padding: str = "longest",

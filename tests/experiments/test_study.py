@@ -355,6 +355,18 @@ def test_the_depth_oracle_table_has_one_column_per_depth_and_its_criteria(tmp_pa
     assert study.plot_depth_oracle(summary[:2], "family", members, str(tmp_path / "e.png")) is None
 
 
+def test_the_depth_plot_needs_a_replayed_detector_on_its_groups(tmp_path):
+    groups = {"vit": [("shallow", 2), ("deep", 8)]}
+    replayed = [
+        {"task": "shallow", "detector": "stability:layer_rotation", "replayed_epoch": 10.0},
+        {"task": "deep", "detector": "stability:layer_rotation", "replayed_epoch": 12.0},
+    ]
+    assert os.path.isfile(study.plot_depth(replayed, groups, str(tmp_path / "depth.png")))
+    assert study.plot_depth([], groups, str(tmp_path / "none.png")) is None  # oracle sweeps only
+    assert study.plot_depth([dict(replayed[0], task="other")], groups, str(tmp_path / "other.png")) is None
+    assert not os.path.exists(tmp_path / "none.png")
+
+
 def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_price():
     row = {"train_seconds": 1800.0, "train_energy_kwh": 0.5}
     money = study.money_columns(row, price_per_accelerator_hour=4.0, price_per_kwh=0.2)

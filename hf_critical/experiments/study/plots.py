@@ -284,8 +284,9 @@ def plot_depth(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not groups:
-        return None
+    members_of = {task for members in groups.values() for task, _ in members}
+    if not any(r["task"] in members_of for r in replayed):
+        return None  # no detector was replayed on any task of the groups (an oracle-only study)
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
     for ax, (family, members) in zip(axes[0], groups.items()):
         detectors = sorted({r["detector"] for r in replayed if r["task"] in {t for t, _ in members}})

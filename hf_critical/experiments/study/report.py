@@ -155,7 +155,7 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         lines.append("")
     if config.depth_groups:
         groups = {family: list(members.items()) for family, members in config.depth_groups.items()}
-        depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png")) if replayed else None
+        depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))
         if depth_plot:
             lines += ["## Depth", "", "![depth.png](plots/depth.png)", ""]
         for family, members in groups.items():

@@ -337,7 +337,7 @@ def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[t
         lines.append(f"| {100 * fraction:g} % | " + " | ".join(cells) + " |")
     best, near, no_loss, gain = [], [], [], []
     for task, _ in ordered:
-        points = sorted(columns[task].items())
+        points = list(columns[task].items())  # fraction_points are sorted
         top = best_fraction(points)
         best.append("–" if top is None else f"{percent(top[0])} ({100 * top[1]['accuracy']:.2f})")
         near.append(percent(near_best_fraction(points)))
