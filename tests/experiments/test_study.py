@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 
 import pytest
 from helpers import REPO_ROOT, common_args, image_dataset, tiny_vit
+from scipy.stats import t as scipy_t
 
 from hf_critical import CriticalPeriodArguments, CriticalPeriodTrainer, ImageAugmentationCollator
 from hf_critical.experiments import study
@@ -365,6 +367,27 @@ def test_the_depth_plot_needs_a_replayed_detector_on_its_groups(tmp_path):
     assert study.plot_depth([], groups, str(tmp_path / "none.png")) is None  # oracle sweeps only
     assert study.plot_depth([dict(replayed[0], task="other")], groups, str(tmp_path / "other.png")) is None
     assert not os.path.exists(tmp_path / "none.png")
+
+
+def test_augmentation_gain_pairs_the_arms_by_seed_against_a_naive_t_test():
+    none, full = [0.70, 0.72, 0.71], [0.73, 0.72, 0.74]
+    rows = [{"task": "t", "arm": "none", "seed": s, "status": "done", "accuracy": a} for s, a in enumerate(none)]
+    rows += [{"task": "t", "arm": "full", "seed": s, "status": "done", "accuracy": a} for s, a in enumerate(full)]
+    rows += [{"task": "t", "arm": "full", "seed": 3, "status": "pending", "accuracy": None}]
+    gain = study.augmentation_gain(rows, "t")
+    assert gain["gain_pp"] == pytest.approx(2.0)
+    assert gain["per_seed"] == pytest.approx({0: 3.0, 1: 0.0, 2: 3.0})
+    # Naive references: the paired t statistic from the differences, Welch's from the two samples.
+    d = [3.0, 0.0, 3.0]
+    mean_d, sd_d = statistics.fmean(d), statistics.stdev(d)
+    t_paired = mean_d / (sd_d / math.sqrt(3))
+    assert gain["paired_p"] == pytest.approx(2 * (1 - scipy_t.cdf(t_paired, df=2)))
+    va, vb = statistics.variance([100 * a for a in full]) / 3, statistics.variance([100 * a for a in none]) / 3
+    t_welch = 2.0 / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert gain["welch_p"] == pytest.approx(2 * (1 - scipy_t.cdf(t_welch, df=df)))
+    assert study.augmentation_gain(rows[:4], "t") is None  # one finished full seed
+    assert study.augmentation_gain(rows, "other") is None
 
 
 def test_money_is_train_hours_at_the_accelerator_price_plus_energy_at_the_kwh_price():

@@ -83,6 +83,7 @@ from .rows import (
 )
 from .runner import estimate_wall_seconds, eval_history, execute, recipe_path, run_status, validation_switch_step
 from .summary import (
+    augmentation_gain,
     best_fraction,
     depth_oracle_table,
     earliest_no_loss_fraction,
@@ -118,6 +119,7 @@ __all__ = [
     "StudyConfig",
     "Task",
     "WALL_FILE",
+    "augmentation_gain",
     "best_fraction",
     "depth_oracle_table",
     "collect",

@@ -14,6 +14,7 @@ from .config import Run, StudyConfig, exported_dynamics_path, run_status
 from .plots import plot_arm_curves, plot_depth, plot_depth_oracle, plot_fraction_oracle, plot_metric_curves, plot_task
 from .rows import collect, write_csv
 from .summary import (
+    augmentation_gain,
     best_fraction,
     depth_oracle_table,
     earliest_no_loss_fraction,
@@ -87,6 +88,16 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         if not any(e["task"] == task.name for e in summary):
             continue
         lines += [f"## {task.name}", "", markdown_table(summary, task.name), ""]
+        gain = augmentation_gain(rows, task.name)
+        if gain is not None:
+            paired = "–" if gain["paired_p"] is None else f"{gain['paired_p']:.2f}"
+            lines += [
+                f"Augmentation gain (full − none): {gain['gain_pp']:+.2f} pp (stds {gain['none_std']:.2f} / "
+                f"{gain['full_std']:.2f}); per seed "
+                + ", ".join(f"{seed}: {d:+.2f}" for seed, d in gain["per_seed"].items())
+                + f"; Welch p {gain['welch_p']:.2f}, paired p {paired}.",
+                "",
+            ]
         # Only a task with arms at fractions of the run has a sweep (its `full` alone is not one).
         sweep = fraction_table(summary, task.name) if any(arm.fraction is not None for arm in task.arms) else ""
         if sweep:

@@ -295,6 +295,38 @@ def best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> tuple[fl
     return max(points, key=lambda point: point[1]["accuracy"], default=None)
 
 
+def augmentation_gain(rows: Sequence[Mapping[str, Any]], task: str) -> dict[str, Any] | None:
+    """``full`` − ``none`` accuracy of one task (pp), per seed and on average, with two t-tests' p-values.
+
+    Returns None unless both arms have at least two finished seeds. ``per_seed`` pairs the arms by seed
+    (a seed draws the same training subset for both); ``welch_p`` is the unpaired test (unequal
+    variances), ``paired_p`` the test on the seeds both arms finished (None with fewer than two).
+    """
+    from scipy import stats
+
+    accuracy = {arm: {} for arm in ("none", "full")}
+    for row in rows:
+        if row.get("task") == task and row.get("status") == "done" and row.get("arm") in accuracy:
+            if row.get("accuracy") is not None:
+                accuracy[row["arm"]][int(row["seed"])] = 100 * float(row["accuracy"])
+    none, full = accuracy["none"], accuracy["full"]
+    if len(none) < 2 or len(full) < 2:
+        return None
+    seeds = sorted(set(none) & set(full))
+    per_seed = {seed: full[seed] - none[seed] for seed in seeds}
+    gain = {
+        "gain_pp": statistics.fmean(full.values()) - statistics.fmean(none.values()),
+        "none_std": statistics.stdev(none.values()),
+        "full_std": statistics.stdev(full.values()),
+        "per_seed": per_seed,
+        "welch_p": float(stats.ttest_ind(list(full.values()), list(none.values()), equal_var=False).pvalue),
+        "paired_p": None,
+    }
+    if len(seeds) >= 2:
+        gain["paired_p"] = float(stats.ttest_rel([full[s] for s in seeds], [none[s] for s in seeds]).pvalue)
+    return gain
+
+
 def near_best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> float | None:
     """The earliest switch point whose mean accuracy reaches the best point's mean minus its std over seeds.
 
