@@ -40,10 +40,11 @@ DATA_DIR ?= ../shared/data
 study: $(STAMP)
 	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_cpu.yaml --data_dir $(DATA_DIR) --jobs 2 $(STUDY_ARGS)
 
-# Issue 14's testbeds: oracle sweeps at fractions of the run, both meanings of k=1 (docs/study.md); one job,
-# resumable (finished runs are skipped); tables, plots and metric logs in docs/results/testbeds/.
+# Issue 14's testbeds: oracle sweeps at fractions of the run, both meanings of k=1 (docs/study.md); two one-thread
+# jobs, resumable (finished runs, and runs whose rows are committed, are skipped); parts with STUDY_ARGS="--tasks ...";
+# tables, plots and metric logs in docs/results/testbeds/. About 7.8 h of wall time in all here (docs/results.md).
 study-testbeds: $(STAMP)
-	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_testbeds.yaml --data_dir $(DATA_DIR) --jobs 1 $(STUDY_ARGS)
+	$(OFFLINE) $(PY) recipes/run_study.py recipes/configs/study_testbeds.yaml --data_dir $(DATA_DIR) --jobs 2 $(STUDY_ARGS)
 
 # Every testbed at a tiny size (a few minutes): the pipeline check, also run by `pytest -m slow`.
 study-quick: $(STAMP)

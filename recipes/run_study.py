@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     runs = study.plan_runs(config, args.tasks, arms=args.arms, seeds=args.seeds)
     if args.dry_run:
-        estimates = study.estimate_wall_seconds(study.plan_runs(config))
-        pending_seconds, unknown = 0.0, 0
         committed = study.committed_rows(config)
+        estimates = study.estimate_wall_seconds(study.plan_runs(config), committed)
         status_of = {run.key: "done" if run.key in committed else study.run_status(run) for run in runs}
+        pending_seconds, unknown, done_seconds = 0.0, 0, 0.0
+        done_by_task: dict[str, float] = {}
         for run in runs:
             status, estimate = status_of[run.key], estimates.get(run.key)
             shown = "" if estimate is None else f", {estimate:.0f} s" + (" measured" if status == "done" else " estimated")
@@ -61,10 +62,19 @@ def main(argv: list[str] | None = None) -> int:
             if status != "done":
                 pending_seconds += estimate or 0.0
                 unknown += estimate is None
+            elif estimate is not None:
+                done_seconds += estimate
+                done_by_task[run.task] = done_by_task.get(run.task, 0.0) + estimate
+        for task, seconds in done_by_task.items():
+            print(f"measured {task}: {seconds / 3600:.2f} h of run wall time")
         pending = sum(status != "done" for status in status_of.values())
         print(
             f"{len(runs)} runs, {pending} to run: about {pending_seconds / 3600:.1f} h with one job"
             + (f" for those with a basis ({unknown} without one: no finished none/full run of their task)" if unknown else "")
+        )
+        print(
+            f"the {len(runs) - pending} finished runs measured {done_seconds / 3600:.1f} h of wall time in all, "
+            f"about {done_seconds / 3600 / max(args.jobs, 1):.1f} h run {args.jobs} at a time (--jobs), if each keeps its time"
         )
         return 0
     start = time.perf_counter()

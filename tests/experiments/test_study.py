@@ -421,6 +421,11 @@ def test_wall_time_of_pending_runs_is_estimated_from_the_finished_ones(tmp_path)
     assert estimates["digits/fixed@50%:clean/seed1"] == 80.0  # the same arm's other seed
     assert estimates["digits/fixed@2ep/seed1"] == pytest.approx(40.0 + 0.5 * 60.0)  # 2 of 4 epochs: halfway
     assert estimates["digits/stability:all/seed0"] is None  # a detector's switch point is not known ahead
+    # A fresh clone: no outputs, the committed rows' wall times are the basis.
+    committed = {"digits/none/seed1": {"wall_seconds": "30.0"}, "digits/full/seed1": {"wall_seconds": ""}}
+    estimates = study.estimate_wall_seconds(list(runs.values()), committed)
+    assert estimates["digits/none/seed1"] == 30.0  # committed, not the mean of the none arm's outputs (40)
+    assert estimates["digits/full/seed1"] == 100.0  # a committed row without a time: its arm's mean
 
 
 # ---- replay -----------------------------------------------------------------------------------------

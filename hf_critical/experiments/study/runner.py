@@ -249,14 +249,22 @@ def _run_fraction(run: Run) -> float | None:
     return None
 
 
-def estimate_wall_seconds(runs: Sequence[Run]) -> dict[str, float | None]:
+def estimate_wall_seconds(
+    runs: Sequence[Run], committed: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, float | None]:
     """An estimate of each run's wall time from the finished runs' measured ones (key -> seconds; None: no basis).
 
-    A finished run gives its own time; a pending one the mean of its (task, arm) over finished seeds,
-    else a line between the task's one-copy arms (``none``, ``fixed@0%:augmented``) and its ``full``
-    arm at the run's switch fraction (a step after the switch costs about a one-copy step).
+    A finished run gives its own time (from its output folder, else from its ``wall_seconds`` in the
+    ``committed`` rows, `committed_rows`: a fresh clone has no outputs); a pending one the mean of its
+    (task, arm) over finished seeds, else a line between the task's one-copy arms (``none``,
+    ``fixed@0%:augmented``) and its ``full`` arm at the run's switch fraction (a step after the switch
+    costs about a one-copy step).
     """
     measured = {run.key: _wall_seconds(run.output_dir) for run in runs if run_status(run) == "done"}
+    for run in runs:
+        row = (committed or {}).get(run.key)
+        if measured.get(run.key) is None and row is not None and row.get("wall_seconds") not in (None, ""):
+            measured[run.key] = float(row["wall_seconds"])
     by_arm: dict[tuple[str, str], list[float]] = {}
     for run in runs:
         if measured.get(run.key) is not None:
