@@ -357,6 +357,29 @@ def test_the_depth_oracle_table_has_one_column_per_depth_and_its_criteria(tmp_pa
     assert study.plot_depth_oracle(summary[:2], "family", members, str(tmp_path / "e.png")) is None
 
 
+def test_the_oracle_switch_table_has_one_row_per_swept_task_and_both_meanings():
+    def sweep(task, arms, accuracies, std=0.01):
+        return [dict(_entry(arm, a, 10.0, std), task=task) for arm, a in zip(arms, accuracies)]
+
+    both = ["none", "fixed@0%:augmented", "fixed@10%:clean", "fixed@50%:clean", "fixed@10%:augmented",
+            "fixed@50%:augmented", "full"]
+    summary = (
+        sweep("a", both, [0.90, 0.91, 0.89, 0.935, 0.925, 0.94, 0.93])
+        + sweep("b", ["none", "fixed@10%:clean", "fixed@50%:clean", "full"], [0.80, 0.85, 0.84, 0.86], std=0.02)
+        + sweep("pilot", ["none", "full"], [0.70, 0.72])  # two points: not a sweep
+    )
+    table = study.oracle_switch_table(summary, ["a", "b", "pilot", "absent"]).splitlines()
+    assert len(table) == 4  # header, rule, a, b
+    assert table[0].startswith("| task | k=1 clean: best point (accuracy %) | k=1 clean: earliest within one std")
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in table[2:]}
+    # a, clean: best 50 % (93.5); one std (1 pp) below it, 92.5, is first reached at 50 %, and so is 0.3 pp
+    # below full (92.7). Augmented: best 50 % (94.0); 10 % (92.5) misses both 93.0 and 92.7.
+    assert cells["a"] == ["50 % (93.50)", "50 %", "50 %", "50 % (94.00)", "50 %", "50 %"]
+    # b, clean: best full (86); 2 pp below is 84: 10 % (85) reaches it; 0.3 pp of full: none. No augmented sweep.
+    assert cells["b"] == ["100 % (86.00)", "10 %", "–", "–", "–", "–"]
+    assert study.oracle_switch_table(summary, ["pilot"]) == ""
+
+
 def test_the_depth_plot_needs_a_replayed_detector_on_its_groups(tmp_path):
     groups = {"vit": [("shallow", 2), ("deep", 8)]}
     replayed = [

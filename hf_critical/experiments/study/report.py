@@ -22,6 +22,7 @@ from .summary import (
     fraction_table,
     markdown_table,
     oracle_point,
+    oracle_switch_table,
     replay_rows,
     summarize,
 )
@@ -164,6 +165,18 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
             if arms_plot:
                 lines.append(f"![{os.path.basename(arms_plot)}](plots/{os.path.basename(arms_plot)})")
         lines.append("")
+    switch_table = oracle_switch_table(summary, [task.name for task in config.tasks])
+    if switch_table:
+        lines += [
+            "## The oracle's switch point per task",
+            "",
+            "Each task's oracle sweep in one row (switch points in % of the run; 0 % is `none` for clean and one "
+            "augmented copy throughout for augmented, 100 % is `full`): the ground truth a detector's fire point "
+            "is scored against.",
+            "",
+            switch_table,
+            "",
+        ]
     if config.depth_groups:
         groups = {family: list(members.items()) for family, members in config.depth_groups.items()}
         depth_plot = plot_depth(replayed, groups, os.path.join(out, "plots", "depth.png"))

@@ -385,6 +385,49 @@ def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[t
     return "\n".join(lines)
 
 
+def oracle_switch_table(summary: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> str:
+    """One row per task with an oracle sweep: where each meaning of k = 1 is best, and how early it gets there.
+
+    Per meaning: the best switch point and its accuracy, the earliest point within one std of the best
+    (`near_best_fraction`) and the earliest within 0.3 pp of ``full`` (`earliest_no_loss_fraction`).
+    A task whose meaning has no point before ``full`` shows dashes for it; a task with neither is left out.
+    """
+
+    def percent(fraction: float | None) -> str:
+        return "–" if fraction is None else f"{100 * fraction:g} %"
+
+    lines = []
+    for task in tasks:
+        cells, swept = [], False
+        for mode in AFTER_SWITCH_MODES:
+            points = fraction_points(summary, task, mode)
+            if not any(fraction < 1.0 for fraction, _ in points) or len(points) < 3:
+                cells += ["–", "–", "–"]
+                continue
+            swept = True
+            top = best_fraction(points)
+            cells += [
+                f"{percent(top[0])} ({100 * top[1]['accuracy']:.2f})",
+                percent(near_best_fraction(points)),
+                percent(earliest_no_loss_fraction(points)),
+            ]
+        if swept:
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    header = [
+        "| task | "
+        + " | ".join(
+            f"k=1 {mode}: {what}"
+            for mode in AFTER_SWITCH_MODES
+            for what in ("best point (accuracy %)", "earliest within one std of the best", "earliest within 0.3 pp of full")
+        )
+        + " |",
+        "|---|" + "---|" * 3 * len(AFTER_SWITCH_MODES),
+    ]
+    return "\n".join(header + lines)
+
+
 def fraction_table(summary: Sequence[Mapping[str, Any]], task: str) -> str:
     """Accuracy (mean ± std) and train time per switch point, both meanings of k = 1 side by side."""
     columns = {mode: dict(fraction_points(summary, task, mode)) for mode in AFTER_SWITCH_MODES}
