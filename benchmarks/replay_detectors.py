@@ -2,6 +2,7 @@
 
     python benchmarks/replay_detectors.py [recipes/configs/study_testbeds.yaml] [--tasks a,b]
     python benchmarks/replay_detectors.py --run OUTPUT_DIR [--run OUTPUT_DIR ...]   # finished recipe runs
+    python benchmarks/replay_detectors.py --score [--after_switch augmented]        # fire points against the oracle
 
 Before its switch a detector's run *is* the full arm (same seed, data and augmentations), so feeding
 a full arm's ``dynamics.jsonl`` to a detector, step by step as `CriticalPeriodCallback` does, gives
@@ -13,13 +14,22 @@ With ``--run``, each finished recipe run (its ``dynamics.jsonl`` and ``trainer_s
 replayed instead, and the noise of each metric about its trend is printed: the robust standard
 deviation of successive differences over sqrt(2) (1.4826 times their median absolute deviation),
 with the metric's mean in the first and last quarter of the run.
+
+With ``--score``, each replayed fire point is set against its task's oracle sweep (the committed
+``runs.csv``): per seed, the accuracy the sweep's points give at the fire fraction (linear between the
+two neighbouring switch points of that seed; a detector that never fires is ``full``), its shortfall
+from the seed's best switch point ("regret", pp), and the training rows it keeps against ``full``.
+Fixed fractions of the run (the schedule-only null every metric rule must beat) are scored the same
+way. The accuracy at a fire point between two switch points is an interpolation, not a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
+import statistics
 import sys
 
 import numpy as np
@@ -28,7 +38,7 @@ import yaml
 from transformers import get_scheduler
 
 from hf_critical.detectors import replay_detector
-from hf_critical.experiments.study import config_from_dict, read_dynamics_file, steps_per_epoch_of
+from hf_critical.experiments.study import config_from_dict, parse_arm, read_dynamics_file, steps_per_epoch_of
 
 METRICS = ("gradient_confusion", "gradient_predictability", "layer_rotation")
 
@@ -94,17 +104,124 @@ def replay_runs(folders: list[str]) -> None:
         print(f"| {run} | {metric} | {pairs or '-'} | {sigma:.3f} | {first:.3f} | {last:.3f} |")
 
 
+NULL_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
+
+
+def seed_sweeps(rows: list[dict], after_switch: str) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(task, seed) -> [(switch fraction, accuracy)] of one meaning of k = 1, sorted, from 0 (its one-copy
+    arm) to 1 (``full``); only finished runs, only seeds with both ends."""
+    start = "none" if after_switch == "clean" else "fixed@0%:augmented"
+    sweeps: dict[tuple[str, int], dict[float, float]] = {}
+    for row in rows:
+        if row.get("status") != "done" or row.get("accuracy") in (None, ""):
+            continue
+        arm = row["arm"]
+        if arm == "full":
+            fraction = 1.0
+        elif arm == start:
+            fraction = 0.0
+        else:
+            parsed = parse_arm(arm)
+            if parsed.kind != "fixed" or parsed.fraction is None or parsed.after_switch != after_switch:
+                continue
+            fraction = parsed.fraction
+        sweeps.setdefault((row["task"], int(row["seed"])), {})[fraction] = 100 * float(row["accuracy"])
+    return {key: sorted(points.items()) for key, points in sweeps.items() if 0.0 in points and 1.0 in points and len(points) > 2}
+
+
+def accuracy_at(points: list[tuple[float, float]], fraction: float) -> float:
+    """The sweep's accuracy at a switch fraction: linear between the two neighbouring measured points."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    for (f0, a0), (f1, a1) in zip(points, points[1:]):
+        if f0 <= fraction <= f1:
+            return a0 if f1 == f0 else a0 + (fraction - f0) / (f1 - f0) * (a1 - a0)
+    raise ValueError(f"fraction {fraction} outside the sweep {points}")
+
+
+def score(config, rows: list[dict], after_switch: str, tasks: list[str] | None = None) -> list[dict]:
+    """One row per (task, rule): mean fire fraction, accuracy at it, regret and rows kept (means over seeds)."""
+    sweeps = seed_sweeps(rows, after_switch)
+    logs_dir = os.path.join(config.results_dir or config.output_dir, "dynamics")
+    out = []
+    for task in config.tasks:
+        seeds = sorted(seed for name, seed in sweeps if name == task.name)
+        if not seeds or (tasks and task.name not in tasks):
+            continue
+        copies = int(task.args.get("augment_copies", 1))
+        fires: dict[str, list[float]] = {f"fixed {100 * f:g} %": [f] * len(seeds) for f in NULL_FRACTIONS}
+        for seed in seeds:
+            path = os.path.join(logs_dir, task.name, f"seed{seed}.jsonl.gz")
+            if not os.path.isfile(path):
+                continue
+            records = read_dynamics_file(path)
+            epochs = float(task.args["num_train_epochs"])
+            first = next(r for r in records if r.get("epoch"))
+            steps_per_epoch = round(first["step"] / first["epoch"])
+            total = math.ceil(steps_per_epoch * epochs)
+            rates = schedule(task.args, total)
+            for label, (detector, options) in DETECTORS.items():
+                step = replay_detector(records, steps_per_epoch, epochs, detector, learning_rates=rates, **options)
+                fires.setdefault(label, []).append(1.0 if step is None else min(1.0, step / total))
+        for label, fractions in fires.items():
+            if len(fractions) != len(seeds):
+                continue  # a seed without its log: no fair mean
+            accuracy = [accuracy_at(sweeps[(task.name, s)], f) for s, f in zip(seeds, fractions)]
+            best = [max(a for _, a in sweeps[(task.name, s)]) for s in seeds]
+            out.append({
+                "task": task.name, "rule": label, "seeds": len(seeds),
+                "fire": statistics.fmean(fractions), "fire_min": min(fractions), "fire_max": max(fractions),
+                "accuracy": statistics.fmean(accuracy), "regret": statistics.fmean(b - a for b, a in zip(best, accuracy)),
+                "rows_kept": statistics.fmean((1 + (copies - 1) * f) / copies for f in fractions),
+            })
+    return out
+
+
+def print_score(scored: list[dict], after_switch: str) -> None:
+    print(f"k = 1 {after_switch} after the switch; accuracy at the fire point from the seed's own sweep (interpolated)\n")
+    print("| task | rule | fire (% of run, mean [min-max]) | accuracy % | regret (pp) | training rows vs full |")
+    print("|---|---|---|---|---|---|")
+    for r in scored:
+        print(
+            f"| {r['task']} | {r['rule']} | {100 * r['fire']:.0f} [{100 * r['fire_min']:.0f}-{100 * r['fire_max']:.0f}] "
+            f"| {r['accuracy']:.2f} | {r['regret']:.2f} | {100 * r['rows_kept']:.0f} % |"
+        )
+    rules = list(dict.fromkeys(r["rule"] for r in scored))
+    tasks = {r["task"] for r in scored}
+    print(f"\nMean over the {len(tasks)} tasks (each task's regret in pp, then averaged):\n")
+    print("| rule | mean regret (pp) | worst task's regret (pp) | mean training rows vs full |")
+    print("|---|---|---|---|")
+    for rule in sorted(rules, key=lambda name: statistics.fmean(r["regret"] for r in scored if r["rule"] == name)):
+        mine = [r for r in scored if r["rule"] == rule]
+        if len(mine) != len(tasks):
+            continue
+        print(
+            f"| {rule} | {statistics.fmean(r['regret'] for r in mine):.2f} | {max(r['regret'] for r in mine):.2f} "
+            f"| {100 * statistics.fmean(r['rows_kept'] for r in mine):.0f} % |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="recipes/configs/study_testbeds.yaml")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: every logged one)")
     parser.add_argument("--run", action="append", default=None, help="a finished recipe run's output_dir (repeatable)")
+    parser.add_argument("--score", action="store_true", help="score the fire points against the oracle sweeps")
+    parser.add_argument("--after_switch", choices=("augmented", "clean"), default="augmented", help="with --score")
     args = parser.parse_args(argv)
     if args.run:
         replay_runs(args.run)
         return 0
     with open(args.config, encoding="utf-8") as fh:
         config = config_from_dict(yaml.safe_load(fh))
+    if args.score:
+        with open(os.path.join(config.results_dir or config.output_dir, "runs.csv"), encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        scored = score(config, rows, args.after_switch, args.tasks.split(",") if args.tasks else None)
+        if not scored:
+            print("no task has both an oracle sweep and its full arms' metric logs")
+            return 1
+        print_score(scored, args.after_switch)
+        return 0
     logs_dir = os.path.join(config.results_dir or config.output_dir, "dynamics")
     print("| task | seed | steps/epoch | epochs | " + " | ".join(DETECTORS) + " |")
     print("|---|---|---|---|" + "---|" * len(DETECTORS))
