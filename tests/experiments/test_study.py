@@ -694,11 +694,23 @@ def test_a_committed_run_that_keeps_its_model_is_rerun_when_the_model_is_not_her
 
     monkeypatch.setattr(runner, "_execute_one", fake_execute_one)
     messages = []
+    # Everything committed: nothing left to run needs the model, so the pretraining is not redone either.
+    assert study.execute(config, runs, echo=messages.append) == {
+        "pretrain/fixed@0%:augmented/seed0": "done", "digits/full/seed0": "done"
+    }
+    assert executed == [] and all("committed runs.csv), skipped" in m for m in messages)
+    # A run left to do (here the fine-tuning's row is not committed): the pretraining is rerun first.
+    study.write_csv(
+        [{"task": "pretrain", "arm": "fixed@0%:augmented", "seed": 0, "status": "done", "accuracy": 0.5}],
+        os.path.join(config.results_dir, "runs.csv"),
+    )
+    messages.clear()
     statuses = study.execute(config, runs, echo=messages.append)
     assert statuses == {"pretrain/fixed@0%:augmented/seed0": "done", "digits/full/seed0": "done"}
-    assert executed == [("pretrain/fixed@0%:augmented/seed0", True)]  # the other committed run is not redone
-    assert "kept model is not here; rerunning" in messages[0] and "committed runs.csv), skipped" in messages[1]
-    # With the model here, the committed pretraining is skipped like any other committed run.
+    assert executed == [("pretrain/fixed@0%:augmented/seed0", True), ("digits/full/seed0", False)]
+    assert "kept model is not here; rerunning" in messages[0]
+    # With the model here, the committed pretraining is skipped like any other committed run (the fake
+    # fine-tuning wrote no results, so it is still left to do).
     executed.clear()
     study.execute(config, runs, echo=messages.append)
-    assert executed == []
+    assert executed == [("digits/full/seed0", False)]

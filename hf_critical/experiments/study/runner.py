@@ -98,11 +98,17 @@ def execute(
     finished = {run.key: threading.Event() for run in runs}
     committed = committed_rows(config)
     statuses: dict[str, str] = {}
+    # A committed run that keeps its model (a pretraining) is rerun where its model is missing only
+    # if something else is left to run here, which may read it: otherwise nothing needs the model.
+    pending = {run.key for run in runs if run_status(run) != "done" and run.key not in committed}
 
     def one(index: int, run: Run) -> None:
         prefix = f"[{index}/{len(runs)}]"
+        others_pending = bool(pending - {run.key})
         try:
-            statuses[run.key] = _run_or_skip(config, run, retry_failed, timeout, prefix, finished, echo, committed)
+            statuses[run.key] = _run_or_skip(
+                config, run, retry_failed, timeout, prefix, finished, echo, committed, others_pending
+            )
         finally:
             finished[run.key].set()
 
@@ -125,6 +131,7 @@ def _run_or_skip(
     finished: Mapping[str, threading.Event],
     echo: Any,
     committed: Mapping[str, Any] | None = None,
+    others_pending: bool = True,
 ) -> str:
     status = run_status(run)
     if status == "done" or (status == "failed" and not retry_failed):
@@ -132,7 +139,7 @@ def _run_or_skip(
         return status
     keep = config.keep_models or _task(config, run.task).keep_models
     if run.key in (committed or {}):
-        if not (keep and not _has_model_files(run.output_dir)):
+        if not (keep and not _has_model_files(run.output_dir) and others_pending):
             echo(f"{prefix} {run.key}: done (its row is in the committed runs.csv), skipped")
             return "done"
         # Its row is committed but the model it keeps for later runs (a pretraining) is not on this machine.
