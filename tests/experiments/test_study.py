@@ -654,7 +654,11 @@ def test_a_fresh_clone_keeps_the_committed_rows_and_does_not_redo_their_runs(tmp
     assert replayed["replayed_step"] == 8 and replayed["run_switch_step"] == 8 and replayed["steps_per_epoch"] == 10
     # Rewriting the tables keeps the committed rows, and counts the committed metric log.
     study.report(config, runs)
-    assert "The 1 finished full runs' dynamics.jsonl" in (tmp_path / "results" / "summary.md").read_text()
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "The 1 finished full runs' dynamics.jsonl" in summary
+    # The metric curves are drawn from the committed log, as they would be from the outputs.
+    assert "![digits_metrics.png](plots/digits_metrics.png)" in summary
+    assert (tmp_path / "results" / "plots" / "digits_metrics.png").stat().st_size > 0
     again = study.read_csv_rows(os.path.join(config.results_dir, "runs.csv"))
     assert [(row["arm"], row["status"], row["accuracy"]) for row in again] == [
         ("full", "done", 0.9),

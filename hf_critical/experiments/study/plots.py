@@ -188,8 +188,13 @@ def _metric_points(records: Sequence[Mapping[str, Any]], metric: str) -> list[tu
     ]
 
 
-def plot_metric_curves(run: Run, replayed: Sequence[Mapping[str, Any]], path: str) -> str | None:
-    """The three metrics of one ``full`` run against epochs, with the replayed fire point of each detector."""
+def plot_metric_curves(
+    run: Run, replayed: Sequence[Mapping[str, Any]], path: str, records: Sequence[Mapping[str, Any]] | None = None
+) -> str | None:
+    """The three metrics of one ``full`` run against epochs, with the replayed fire point of each detector.
+
+    ``records``: the run's metric log when it is not in its output folder (a committed, exported log).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,10 +203,11 @@ def plot_metric_curves(run: Run, replayed: Sequence[Mapping[str, Any]], path: st
     from ...io.dynamics_log import read_dynamics
     from ...names import DYNAMICS_FILE
 
-    try:
-        records = read_dynamics(os.path.join(run.output_dir, DYNAMICS_FILE))
-    except (FileNotFoundError, ValueError):
-        return None
+    if records is None:
+        try:
+            records = read_dynamics(os.path.join(run.output_dir, DYNAMICS_FILE))
+        except (FileNotFoundError, ValueError):
+            return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, METRIC_NAMES):
         points = _metric_points(records, metric)
