@@ -145,34 +145,26 @@ def report(config: StudyConfig, runs: Sequence[Run]) -> dict[str, str]:
         full_run = next(
             (r for r in runs if r.task == task.name and r.arm.kind == "full" and run_status(r) == "done"), None
         )
-        # A fresh clone: no outputs, but the full runs' exported logs are committed.
-        exported = next(
-            (
-                (r, path)
-                for r in runs
-                if r.task == task.name
-                and r.arm.kind == "full"
-                and os.path.isfile(path := exported_dynamics_path(os.path.join(out, "dynamics"), r))
-            ),
-            None,
-        )
-        if full_run is None and exported is not None:
+        # The metric curves of one full run: from its outputs, else (a fresh clone) from its committed log.
+        curve_run, records = full_run, None
+        if full_run is None:
+            logs = os.path.join(out, "dynamics")
+            curve_run = next(
+                (r for r in runs if r.task == task.name and r.arm.kind == "full"
+                 and os.path.isfile(exported_dynamics_path(logs, r))),
+                None,
+            )
+            records = None if curve_run is None else read_dynamics_file(exported_dynamics_path(logs, curve_run))
+        if curve_run is not None:
             curve = plot_metric_curves(
-                exported[0],
-                [r for r in task_replay if r["seed"] == exported[0].seed],
+                curve_run,
+                [r for r in task_replay if r["seed"] == curve_run.seed],
                 os.path.join(out, "plots", f"{task.name}_metrics.png"),
-                records=read_dynamics_file(exported[1]),
+                records=records,
             )
             if curve:
                 lines.append(f"![{os.path.basename(curve)}](plots/{os.path.basename(curve)})")
         if full_run is not None:
-            curve = plot_metric_curves(
-                full_run,
-                [r for r in task_replay if r["seed"] == full_run.seed],
-                os.path.join(out, "plots", f"{task.name}_metrics.png"),
-            )
-            if curve:
-                lines.append(f"![{os.path.basename(curve)}](plots/{os.path.basename(curve)})")
             seed_runs = [
                 r for r in runs if r.task == task.name and r.seed == full_run.seed and run_status(r) == "done"
             ]
