@@ -38,7 +38,7 @@ import yaml
 from transformers import get_scheduler
 
 from hf_critical.detectors import replay_detector
-from hf_critical.experiments.study import config_from_dict, parse_arm, read_dynamics_file, steps_per_epoch_of
+from hf_critical.experiments.study import config_from_dict, fraction_points, read_dynamics_file, steps_per_epoch_of
 
 METRICS = ("gradient_confusion", "gradient_predictability", "layer_rotation")
 
@@ -104,29 +104,42 @@ def replay_runs(folders: list[str]) -> None:
         print(f"| {run} | {metric} | {pairs or '-'} | {sigma:.3f} | {first:.3f} | {last:.3f} |")
 
 
+def replay_log(task, path: str) -> tuple[int, int, dict[str, int | None]]:
+    """(steps per epoch, planned steps, label -> fire step or None) of every detector on one committed log.
+
+    The learning rates come from the task's schedule (older logs did not record them).
+    """
+    records = read_dynamics_file(path)
+    epochs = float(task.args["num_train_epochs"])
+    first = next(r for r in records if r.get("epoch"))
+    steps_per_epoch = round(first["step"] / first["epoch"])
+    total = math.ceil(steps_per_epoch * epochs)
+    rates = schedule(task.args, total)
+    fires = {
+        label: replay_detector(records, steps_per_epoch, epochs, detector, learning_rates=rates, **options)
+        for label, (detector, options) in DETECTORS.items()
+    }
+    return steps_per_epoch, total, fires
+
+
 NULL_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 
 
 def seed_sweeps(rows: list[dict], after_switch: str) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    """(task, seed) -> [(switch fraction, accuracy)] of one meaning of k = 1, sorted, from 0 (its one-copy
-    arm) to 1 (``full``); only finished runs, only seeds with both ends."""
-    start = "none" if after_switch == "clean" else "fixed@0%:augmented"
-    sweeps: dict[tuple[str, int], dict[float, float]] = {}
+    """(task, seed) -> [(switch fraction, accuracy %)] of one meaning of k = 1 (`fraction_points` on the
+    seed's finished rows), from 0 (its one-copy arm) to 1 (``full``); only seeds with both ends and a point
+    between them."""
+    by_seed: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
-        if row.get("status") != "done" or row.get("accuracy") in (None, ""):
-            continue
-        arm = row["arm"]
-        if arm == "full":
-            fraction = 1.0
-        elif arm == start:
-            fraction = 0.0
-        else:
-            parsed = parse_arm(arm)
-            if parsed.kind != "fixed" or parsed.fraction is None or parsed.after_switch != after_switch:
-                continue
-            fraction = parsed.fraction
-        sweeps.setdefault((row["task"], int(row["seed"])), {})[fraction] = 100 * float(row["accuracy"])
-    return {key: sorted(points.items()) for key, points in sweeps.items() if 0.0 in points and 1.0 in points and len(points) > 2}
+        if row.get("status") == "done" and row.get("accuracy") not in (None, ""):
+            entry = {"task": row["task"], "arm": row["arm"], "accuracy": 100 * float(row["accuracy"])}
+            by_seed.setdefault((row["task"], int(row["seed"])), []).append(entry)
+    sweeps = {}
+    for (task, seed), entries in by_seed.items():
+        points = [(fraction, entry["accuracy"]) for fraction, entry in fraction_points(entries, task, after_switch)]
+        if len(points) > 2 and points[0][0] == 0.0 and points[-1][0] == 1.0:
+            sweeps[(task, seed)] = points
+    return sweeps
 
 
 def accuracy_at(points: list[tuple[float, float]], fraction: float) -> float:
@@ -153,14 +166,8 @@ def score(config, rows: list[dict], after_switch: str, tasks: list[str] | None =
             path = os.path.join(logs_dir, task.name, f"seed{seed}.jsonl.gz")
             if not os.path.isfile(path):
                 continue
-            records = read_dynamics_file(path)
-            epochs = float(task.args["num_train_epochs"])
-            first = next(r for r in records if r.get("epoch"))
-            steps_per_epoch = round(first["step"] / first["epoch"])
-            total = math.ceil(steps_per_epoch * epochs)
-            rates = schedule(task.args, total)
-            for label, (detector, options) in DETECTORS.items():
-                step = replay_detector(records, steps_per_epoch, epochs, detector, learning_rates=rates, **options)
+            _, total, steps = replay_log(task, path)
+            for label, step in steps.items():
                 fires.setdefault(label, []).append(1.0 if step is None else min(1.0, step / total))
         for label, fractions in fires.items():
             if len(fractions) != len(seeds):
@@ -232,17 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
-            records = read_dynamics_file(os.path.join(folder, name))
-            epochs = float(task.args["num_train_epochs"])
-            first = next(r for r in records if r.get("epoch"))
-            steps_per_epoch = round(first["step"] / first["epoch"])
-            total = math.ceil(steps_per_epoch * epochs)
-            rates = schedule(task.args, total)
-            cells = []
-            for detector, options in DETECTORS.values():
-                step = replay_detector(records, steps_per_epoch, epochs, detector, learning_rates=rates, **options)
-                cells.append("never" if step is None else f"{step / steps_per_epoch:.2f} ({step / total:.0%})")
+            steps_per_epoch, total, steps = replay_log(task, os.path.join(folder, name))
+            cells = [
+                "never" if step is None else f"{step / steps_per_epoch:.2f} ({step / total:.0%})"
+                for step in steps.values()
+            ]
             seed = name.split(".")[0]
+            epochs = float(task.args["num_train_epochs"])
             print(f"| {task.name} | {seed} | {steps_per_epoch} | {epochs:g} | " + " | ".join(cells) + " |")
     return 0
 

@@ -340,6 +340,10 @@ def near_best_fraction(points: Sequence[tuple[float, Mapping[str, Any]]]) -> flo
     return next(fraction for fraction, entry in points if entry["accuracy"] >= floor)
 
 
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:g} %"
+
+
 def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[tuple[str, int]], mode: str) -> str:
     """One meaning of k = 1: accuracy (mean ± std) per switch point (rows) and depth (columns).
 
@@ -353,9 +357,6 @@ def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[t
     fractions = sorted({f for points in columns.values() for f in points})
     if not any(fraction < 1.0 for fraction in fractions):
         return ""  # no sweep of this meaning: only the shared end, ``full``
-
-    def percent(fraction: float | None) -> str:
-        return "–" if fraction is None else f"{100 * fraction:g} %"
 
     lines = [
         "| switch at | " + " | ".join(f"{depth} layers: accuracy %" for _, depth in ordered) + " |",
@@ -371,9 +372,9 @@ def depth_oracle_table(summary: Sequence[Mapping[str, Any]], members: Sequence[t
     for task, _ in ordered:
         points = list(columns[task].items())  # fraction_points are sorted
         top = best_fraction(points)
-        best.append("–" if top is None else f"{percent(top[0])} ({100 * top[1]['accuracy']:.2f})")
-        near.append(percent(near_best_fraction(points)))
-        no_loss.append(percent(earliest_no_loss_fraction(points)))
+        best.append("–" if top is None else f"{_percent(top[0])} ({100 * top[1]['accuracy']:.2f})")
+        near.append(_percent(near_best_fraction(points)))
+        no_loss.append(_percent(earliest_no_loss_fraction(points)))
         start = columns[task].get(0.0)
         gain.append("–" if top is None or start is None else f"{100 * (top[1]['accuracy'] - start['accuracy']):+.2f}")
     lines += [
@@ -393,9 +394,6 @@ def oracle_switch_table(summary: Sequence[Mapping[str, Any]], tasks: Sequence[st
     A task whose meaning has no point before ``full`` shows dashes for it; a task with neither is left out.
     """
 
-    def percent(fraction: float | None) -> str:
-        return "–" if fraction is None else f"{100 * fraction:g} %"
-
     lines = []
     for task in tasks:
         cells, swept = [], False
@@ -407,9 +405,9 @@ def oracle_switch_table(summary: Sequence[Mapping[str, Any]], tasks: Sequence[st
             swept = True
             top = best_fraction(points)
             cells += [
-                f"{percent(top[0])} ({100 * top[1]['accuracy']:.2f})",
-                percent(near_best_fraction(points)),
-                percent(earliest_no_loss_fraction(points)),
+                f"{_percent(top[0])} ({100 * top[1]['accuracy']:.2f})",
+                _percent(near_best_fraction(points)),
+                _percent(earliest_no_loss_fraction(points)),
             ]
         if swept:
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
